@@ -1,0 +1,223 @@
+"""The ``envbuild`` command. Commands parse arguments, call one library function, and print.
+
+Heavy libraries are imported inside the commands so that ``envbuild --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from envbuild import __version__
+from envbuild.errors import EXIT_CODES, EnvbuildError, OutputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{c} {d.rstrip('.')}" for c, d in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="envbuild",
+    help=(
+        "Keep the software of a Dask cluster in step: ONE spec (envbuild.yaml) declares the "
+        "client, scheduler and worker roles and their GPUs; envbuild resolves ONE locked "
+        "environment (envbuild.lock) whose CUDA variants differ only in their CUDA runtime.\n\n"
+        "Start with `envbuild init`, edit envbuild.yaml, then `envbuild lock` and commit both "
+        "files."
+    ),
+    epilog=_EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold registry credentials
+    rich_markup_mode=None,
+)
+
+SpecOption = Annotated[
+    Path, typer.Option("--file", "-f", help="The spec to read.", show_default=True)
+]
+LockOption = Annotated[
+    Path | None,
+    typer.Option("--lockfile", help="The lock file (default: envbuild.lock beside the spec)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _fail(error: EnvbuildError) -> None:
+    print(f"envbuild: error: {error}", file=sys.stderr)
+    if error.details:
+        for line in error.details.splitlines():
+            print(f"  {line}", file=sys.stderr)
+    if os.environ.get("ENVBUILD_DEBUG"):
+        traceback.print_exception(error)
+
+
+def handles_errors(command: F) -> F:
+    """Turn an EnvbuildError into one line on stderr and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EnvbuildError as error:
+            _fail(error)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"envbuild {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command()
+@handles_errors
+def init(
+    spec_path: Annotated[
+        Path, typer.Option("--file", "-f", help="Where to write the spec.")
+    ] = Path("envbuild.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented envbuild.yaml to start from."""
+    from envbuild.atomic import write_atomic
+    from envbuild.resources import read_template
+
+    if spec_path.exists() and not force:
+        raise OutputError(f"{spec_path} already exists (use --force to overwrite it)")
+    write_atomic(spec_path, read_template("envbuild.yaml"))
+    print(f"wrote {spec_path}: edit channels, dependencies and roles, then run `envbuild lock`")
+
+
+@app.command()
+@handles_errors
+def lock(
+    spec_path: SpecOption = Path("envbuild.yaml"),
+    lock_path: LockOption = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Solve nothing; exit 4 when the lock does not match the spec."
+        ),
+    ] = False,
+    update: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--update",
+            metavar="PACKAGE",
+            help="Let PACKAGE (and what must move with it) take newer versions; repeatable. "
+            "Every other package keeps its locked version.",
+        ),
+    ] = None,
+    update_all: Annotated[
+        bool, typer.Option("--update-all", help="Re-solve from scratch, ignoring the old lock.")
+    ] = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Resolve ONE consistent lock for every role, CUDA variant and platform.
+
+    An unchanged spec solves nothing and leaves envbuild.lock untouched. Progress goes to
+    stderr, one line per target.
+    """
+    from envbuild import locking
+    from envbuild.progress import SilentReporter, StderrReporter
+
+    if check:
+        current = locking.check(spec_path, lock_path)
+        path = lock_path or locking.default_lock_path(spec_path)
+        if as_json:
+            _print_json({"lockfile": str(path), "fresh": True, "spec-hash": current.spec_hash})
+        elif not quiet:
+            print(f"{path} matches {spec_path}")
+        return
+    reporter = SilentReporter() if quiet or as_json else StderrReporter()
+    if not (quiet or as_json):
+        print(f"locking {spec_path}", file=sys.stderr)
+    outcome = locking.lock(
+        spec_path, lock_path, update=update or (), update_all=update_all, reporter=reporter
+    )
+    packages = len({p for t in outcome.lock.targets for p in t.packages})
+    if as_json:
+        _print_json(
+            {
+                "lockfile": str(outcome.path),
+                "status": outcome.status,
+                "solves": outcome.solves,
+                "seconds": round(outcome.seconds, 3),
+                "spec-hash": outcome.lock.spec_hash,
+                "targets": {str(t.target): len(t.packages) for t in outcome.lock.targets},
+                "packages": packages,
+            }
+        )
+    elif not quiet:
+        described = {
+            "up-to-date": f"{outcome.path} is up to date with {spec_path}; nothing solved",
+            "written": f"wrote {outcome.path}",
+            "unchanged": f"{outcome.path} unchanged (the solve gave the same lock)",
+        }[outcome.status]
+        if outcome.status != "up-to-date":
+            described += (
+                f": {len(outcome.lock.targets)} targets, {packages} packages, "
+                f"{outcome.solves} solves in {outcome.seconds:.2f} s"
+            )
+        print(described)
+
+
+@app.command()
+@handles_errors
+def show(
+    spec_path: SpecOption = Path("envbuild.yaml"),
+    lock_path: LockOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show roles and their variants, package counts per target, and what differs between
+    variants (and why it may)."""
+    from envbuild import locking, report
+    from envbuild.lockfile import read_lock
+    from envbuild.spec import load_spec
+
+    path = lock_path or locking.default_lock_path(spec_path)
+    current = read_lock(path)
+    fresh = None
+    if spec_path.exists():
+        fresh = load_spec(spec_path).content_hash == current.spec_hash
+    summary = report.summarize(current, fresh=fresh)
+    if as_json:
+        _print_json(summary)
+    else:
+        print(report.render(summary))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of envbuild.yaml (for editors: yaml-language-server)."""
+    from envbuild.spec import json_schema
+
+    _print_json(json_schema())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

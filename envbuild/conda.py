@@ -1,0 +1,167 @@
+"""Conda packages through py-rattler: solving, querying, installing, pixi lock files.
+
+The only module that imports rattler (lazily: ``envbuild --help`` must stay fast). The rest
+of envbuild sees LockedPackage and plain strings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from envbuild.errors import ChannelError, SolveError
+from envbuild.lockfile import LockedPackage
+
+if TYPE_CHECKING:
+    from rattler import Gateway, RepoDataRecord
+
+
+def match_spec_name(text: str) -> str:
+    """The package name of a match spec; ValueError explains a spec that does not parse."""
+    from rattler import MatchSpec
+
+    try:
+        spec = MatchSpec(text, strict=True)
+    except Exception as exc:  # rattler raises one class per parse problem
+        raise ValueError(f"'{text}' is not a valid match spec: {exc}") from None
+    if spec.name is None:
+        raise ValueError(f"'{text}' names no package")
+    name: str = spec.name.normalized
+    return name
+
+
+def sort_versions(versions: Iterable[str]) -> list[str]:
+    """Versions in conda's order, oldest first."""
+    from rattler import Version
+
+    return sorted(set(versions), key=Version)
+
+
+def from_rattler(record: RepoDataRecord) -> LockedPackage:
+    """A solver record as envbuild stores it."""
+    data: dict[str, Any] = json.loads(record.to_json())
+    features = data.get("track_features") or ()
+    if isinstance(features, str):
+        features = features.replace(",", " ").split()
+    return LockedPackage(
+        name=data["name"],
+        version=data["version"],
+        build=data["build"],
+        build_number=int(data.get("build_number", 0)),
+        subdir=data["subdir"],
+        url=data["url"],
+        channel=str(data.get("channel") or "").rstrip("/"),
+        file_name=data["fn"],
+        sha256=data.get("sha256") or "",
+        md5=data.get("md5") or "",
+        size=data.get("size"),
+        depends=tuple(data.get("depends") or ()),
+        constrains=tuple(data.get("constrains") or ()),
+        noarch=data.get("noarch") if isinstance(data.get("noarch"), str) else None,
+        license=data.get("license"),
+        timestamp=data.get("timestamp"),
+        track_features=tuple(features),
+    )
+
+
+def to_rattler(package: LockedPackage) -> RepoDataRecord:
+    """A locked package as a rattler record (to install, or to prefer in a solve)."""
+    from rattler import BuildString, NoArchType, PackageRecord, RepoDataRecord
+
+    record = PackageRecord(
+        name=package.name,
+        version=package.version,
+        build=BuildString(package.build),
+        build_number=package.build_number,
+        subdir=package.subdir,
+        noarch=NoArchType(package.noarch) if package.noarch else None,  # type: ignore[arg-type]
+        depends=list(package.depends),
+        constrains=list(package.constrains),
+        sha256=bytes.fromhex(package.sha256) if package.sha256 else None,
+        md5=bytes.fromhex(package.md5) if package.md5 else None,
+        size=package.size,
+        license=package.license,
+    )
+    if package.timestamp is not None:
+        record.timestamp = datetime.datetime.fromtimestamp(package.timestamp / 1000, datetime.UTC)
+    if package.track_features:
+        record.track_features = list(package.track_features)
+    return RepoDataRecord(record, package.file_name, package.url, package.channel + "/")
+
+
+class Solver:
+    """Solves targets against channels; one instance shares repodata across solves."""
+
+    def __init__(self) -> None:
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            from rattler import Gateway
+
+            self._gateway = Gateway()
+        return self._gateway
+
+    async def solve(
+        self,
+        channels: Sequence[str],
+        specs: Sequence[str],
+        platform: str,
+        virtual_packages: Sequence[str],
+        *,
+        constraints: Sequence[str] = (),
+        locked: Sequence[LockedPackage] = (),
+    ) -> list[LockedPackage]:
+        """Solve ``specs`` for ``platform``; SolveError carries the solver's explanation."""
+        from rattler import BuildString, GenericVirtualPackage, PackageName, Subdir, Version, solve
+        from rattler.exceptions import SolverError
+
+        declared = []
+        for text in virtual_packages:
+            name, version, build = text.split("=")
+            declared.append(
+                GenericVirtualPackage(PackageName(name), Version(version), BuildString(build))
+            )
+        try:
+            records = await solve(
+                list(channels),
+                list(specs),
+                gateway=self.gateway,
+                platforms=[Subdir(platform), Subdir("noarch")],
+                virtual_packages=declared,
+                constraints=list(constraints),
+                locked_packages=[to_rattler(p) for p in locked],
+            )
+        except SolverError as exc:
+            raise SolveError("cannot solve", details=str(exc).strip()) from None
+        except Exception as exc:
+            raise _channel_error(exc, channels) from None
+        return sorted(from_rattler(r) for r in records)
+
+    async def versions_available(
+        self, channels: Sequence[str], platform: str, name: str
+    ) -> set[str]:
+        """Every version of ``name`` the channels offer for ``platform`` (noarch included)."""
+        from rattler import Subdir
+
+        try:
+            found = await self.gateway.query(
+                list(channels), [Subdir(platform), Subdir("noarch")], [name], recursive=False
+            )
+        except Exception as exc:
+            raise _channel_error(exc, channels) from None
+        return {str(record.version) for records in found for record in records}
+
+
+def _channel_error(exc: Exception, channels: Sequence[str]) -> Exception:
+    """A gateway failure as a ChannelError naming the channel, when it is one."""
+    from rattler.exceptions import FetchRepoDataError, GatewayError, InvalidChannelError
+
+    if not isinstance(exc, GatewayError | FetchRepoDataError | InvalidChannelError):
+        return exc
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return ChannelError(f"cannot read channel: {first}", details=text)

@@ -1,0 +1,194 @@
+"""``envbuild lock``: spec -> one consistent lock, and the checks that a lock is current."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from envbuild.errors import ChannelError, LockStaleError, SelectionError
+from envbuild.lockfile import (
+    LOCK_FILE_NAME,
+    Lock,
+    LockedPackage,
+    LockedRole,
+    LockedTarget,
+    Target,
+    read_lock,
+    write_lock,
+)
+from envbuild.progress import SilentReporter
+from envbuild.spec import ROLES, SpecFile, load_spec
+from envbuild.variants import derive_variants, reference_variant, target_virtual_packages
+
+if TYPE_CHECKING:
+    from envbuild.resolve import Plan, Reporter
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What ``lock`` did."""
+
+    path: Path
+    #: "up-to-date": nothing solved; "written": the file changed; "unchanged": solved, same bytes
+    status: Literal["up-to-date", "written", "unchanged"]
+    lock: Lock
+    solves: int
+    seconds: float
+
+
+def default_lock_path(spec_path: Path) -> Path:
+    """``envbuild.lock`` beside the spec."""
+    return spec_path.parent / LOCK_FILE_NAME
+
+
+def plan_for(spec_file: SpecFile) -> Plan:
+    """The resolver's plan for a spec: every target with its specs and virtual packages."""
+    from envbuild.conda import match_spec_name
+    from envbuild.resolve import Plan, TargetRequest
+
+    spec = spec_file.spec
+    channels = spec_file.channel_urls()
+    for index, url in enumerate(channels):
+        if url.startswith("file://") and not Path(url2pathname(urlparse(url).path)).is_dir():
+            raise ChannelError(
+                f"{spec_file.where(('channels', index))}: channel '{spec.channels[index]}' "
+                f"does not exist ({url})"
+            )
+    variants = derive_variants(spec)
+    requests = tuple(
+        TargetRequest(
+            target=target,
+            specs=variant.specs,
+            virtual_packages=tuple(
+                str(vp) for vp in target_virtual_packages(spec, variant, target.platform)
+            ),
+            roles=variant.roles,
+        )
+        for variant in variants
+        for target in variant.targets()
+    )
+    platforms = sorted({p for v in variants for p in v.platforms})
+    return Plan(
+        channels=tuple(channels),
+        requests=requests,
+        references={p: reference_variant(variants, p).name for p in platforms},
+        gpu_dependencies=frozenset(match_spec_name(s) for s in spec.gpu_dependencies),
+        allow_platform_divergence=frozenset(spec.allow_platform_divergence),
+    )
+
+
+def _roles(spec_file: SpecFile) -> tuple[LockedRole, ...]:
+    spec = spec_file.spec
+    roles = []
+    for variant in derive_variants(spec):
+        for name in variant.roles:
+            gpu = spec.role(name).gpu
+            roles.append(
+                LockedRole(
+                    name=name,
+                    variant=variant.name,
+                    platforms=tuple(spec.role_platforms(name)),
+                    cuda=gpu.cuda if gpu else None,
+                    compute_capability=gpu.compute_capability if gpu else None,
+                    gpus=gpu.count if gpu else 0,
+                )
+            )
+    return tuple(sorted(roles, key=lambda r: ROLES.index(r.name)))
+
+
+def _check_update_names(names: Sequence[str], previous: Lock | None, spec_file: SpecFile) -> None:
+    from envbuild.conda import match_spec_name
+
+    known = {p.name for t in previous.targets for p in t.packages} if previous else set()
+    known |= {match_spec_name(s) for s in spec_file.spec.dependencies}
+    for name in names:
+        if name not in known:
+            raise SelectionError(f"--update {name}: no package '{name}' in the lock or the spec")
+
+
+def lock(
+    spec_path: Path,
+    lock_path: Path | None = None,
+    *,
+    update: Sequence[str] = (),
+    update_all: bool = False,
+    reporter: Reporter | None = None,
+) -> LockOutcome:
+    """Lock the spec at ``spec_path``; an unchanged spec solves nothing and writes nothing.
+
+    ``update`` names packages that may move to newer versions (with what must move with
+    them); every other package keeps its locked version where the channels still allow it.
+    ``update_all`` ignores the existing lock entirely.
+    """
+    started = time.perf_counter()
+    spec_file = load_spec(spec_path, full=False)
+    lock_path = lock_path or default_lock_path(spec_path)
+    previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
+    if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
+        return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
+
+    spec_file.check_match_specs()
+    if update:
+        _check_update_names(update, previous, spec_file)
+    import asyncio  # only now: an up-to-date lock must return fast
+
+    from envbuild.conda import Solver
+    from envbuild.resolve import resolve
+
+    plan = plan_for(spec_file)
+    preferred: dict[Target, list[LockedPackage]] = {}
+    if previous is not None:
+        moving = set(update)
+        preferred = {
+            t.target: [p for p in t.packages if p.name not in moving] for t in previous.targets
+        }
+    resolution = asyncio.run(
+        resolve(plan, Solver(), reporter or SilentReporter(), preferred=preferred)
+    )
+    variants = {v.name: v for v in derive_variants(spec_file.spec)}
+    new_lock = Lock(
+        name=spec_file.spec.name,
+        spec_hash=spec_file.content_hash,
+        channels=plan.channels,
+        roles=_roles(spec_file),
+        targets=tuple(
+            LockedTarget(
+                target=request.target,
+                specs=request.specs,
+                virtual_packages=request.virtual_packages,
+                packages=resolution.packages[request.target],
+            )
+            for request in plan.requests
+        ),
+        variant_cuda={name: v.cuda for name, v in variants.items()},
+        gpu_dependencies=tuple(sorted(plan.gpu_dependencies)),
+    )
+    written = write_lock(lock_path, new_lock)
+    return LockOutcome(
+        lock_path,
+        "written" if written else "unchanged",
+        new_lock,
+        resolution.solves,
+        time.perf_counter() - started,
+    )
+
+
+def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
+    """The lock, when it matches the spec; LockStaleError otherwise."""
+    spec_file = load_spec(spec_path, full=False)
+    lock_path = lock_path or default_lock_path(spec_path)
+    if not lock_path.exists():
+        spec_file.check_match_specs()
+        raise LockStaleError(f"{lock_path}: no lock file yet; run `envbuild lock`")
+    current = read_lock(lock_path)
+    if current.spec_hash != spec_file.content_hash:
+        spec_file.check_match_specs()  # a broken spec is a spec error, not a stale lock
+        raise LockStaleError(
+            f"{lock_path} is stale: {spec_path} changed since it was locked; run `envbuild lock`"
+        )
+    return current

@@ -1,0 +1,81 @@
+"""``envbuild show``: what a lock holds, as a summary (JSON-able) and as text. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envbuild.consistency import variant_differences
+from envbuild.lockfile import Lock
+
+
+def summarize(lock: Lock, *, fresh: bool | None) -> dict[str, Any]:
+    """Roles -> variant; per target its package count; what differs between variants and why.
+
+    ``fresh`` says whether the lock matches the spec (None: no spec to compare with).
+    """
+    differences = variant_differences(lock.by_target(), lock.gpu_dependencies)
+    return {
+        "name": lock.name,
+        "spec-hash": lock.spec_hash,
+        "fresh": fresh,
+        "channels": list(lock.channels),
+        "roles": [
+            {
+                "role": role.name,
+                "variant": role.variant,
+                "platforms": list(role.platforms),
+                "cuda": role.cuda,
+                "compute-capability": role.compute_capability,
+                "gpus": role.gpus,
+            }
+            for role in lock.roles
+        ],
+        "targets": [{"target": str(t.target), "packages": len(t.packages)} for t in lock.targets],
+        "differences": [
+            {
+                "platform": d.platform,
+                "package": d.package,
+                "variants": dict(d.builds),
+                "reason": d.reason,
+            }
+            for d in differences
+        ],
+    }
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        (indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    ]
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary as text for a terminal."""
+    freshness = {True: "matches the spec", False: "STALE: run `envbuild lock`", None: ""}
+    lines = [f"{summary['name']}  ({summary['spec-hash'][:19]}…) {freshness[summary['fresh']]}"]
+    lines.append("roles:")
+    role_rows = []
+    for role in summary["roles"]:
+        gpu = "no GPU"
+        if role["cuda"]:
+            gpu = f"GPU: CUDA {role['cuda']}"
+            if role["compute-capability"]:
+                gpu += f", compute capability {role['compute-capability']}"
+            if role["gpus"] > 1:
+                gpu += f", {role['gpus']} GPUs"
+        role_rows.append([role["role"], role["variant"], ", ".join(role["platforms"]), gpu])
+    lines += _table(role_rows)
+    lines.append("targets:")
+    lines += _table([[t["target"], f"{t['packages']} packages"] for t in summary["targets"]])
+    if summary["differences"]:
+        lines.append("differences between variants:")
+        rows = []
+        for d in summary["differences"]:
+            shown = "  ".join(f"{v}: {b or '-'}" for v, b in d["variants"].items())
+            rows.append([d["platform"], d["package"], shown, d["reason"] or "NOT ALLOWED"])
+        lines += _table(rows)
+    else:
+        lines.append("differences between variants: none")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Real conda channels generated locally, for tests, the offline demo and benchmarks."""
