@@ -153,8 +153,6 @@ def lock(
             print(f"{path} matches {spec_path}")
         return
     reporter = SilentReporter() if quiet or as_json else StderrReporter()
-    if not (quiet or as_json):
-        print(f"locking {spec_path}", file=sys.stderr)
     outcome = locking.lock(
         spec_path, lock_path, update=update or (), update_all=update_all, reporter=reporter
     )

@@ -1,9 +1,11 @@
 """The consistency invariant: one environment across every role, variant and platform.
 
-1. Same platform, different variants: a package present in both has the same version, and the
-   same build unless it is CUDA-dependent (it is, or depends on, ``cuda-version``,
-   ``cudatoolkit`` or ``__cuda``, directly or through other packages). A package present in
-   only some variants must be a gpu-dependency, CUDA-dependent, or required by one of those.
+1. Same platform, different variants: a package present in both has the same version, unless
+   it belongs to the CUDA runtime itself (``cuda-version``, ``cudatoolkit``, and packages built
+   for one CUDA minor, like ``cuda-cudart``: the variants exist to differ there), and the same
+   build unless it is CUDA-dependent (it is, or depends on, ``cuda-version``, ``cudatoolkit``
+   or ``__cuda``, directly or through other packages). A package present in only some
+   variants must be a gpu-dependency, CUDA-dependent, or required by one of those.
 2. Different platforms: a package name gets one version everywhere, unless the spec lists it
    under ``allow-platform-divergence``.
 
@@ -13,6 +15,7 @@ explain differences, and tests compare records directly rather than trusting thi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +54,32 @@ def cuda_dependent(packages: Iterable[LockedPackage]) -> dict[str, str]:
                     reasons[name] = f"depends on {via}"
                     changed = True
     return reasons
+
+
+_WINDOW = re.compile(r">=\s*(\d+)\.(\d+)[^,]*,\s*<\s*(\d+)\.(\d+)")
+
+
+def _pins_cuda_minor(spec: str) -> bool:
+    """``cuda-version >=12.4,<12.5.0a0`` (one CUDA minor), not ``>=12.0,<13`` (a major)."""
+    if dependency_name(spec) not in ("cuda-version", "cudatoolkit"):
+        return False
+    match = _WINDOW.search(spec)
+    return match is not None and match.group(1) == match.group(3)
+
+
+def cuda_runtime(packages: Iterable[LockedPackage]) -> dict[str, str]:
+    """Name -> why, for the packages of the CUDA runtime itself: ``cuda-version``,
+    ``cudatoolkit``, and packages built for one CUDA minor (NVIDIA's toolkit packages pin
+    ``cuda-version >=X.Y,<X.Y+1``). Their versions follow the variant's CUDA version."""
+    runtime: dict[str, str] = {}
+    for package in packages:
+        if package.name in ("cuda-version", "cudatoolkit"):
+            runtime[package.name] = "the CUDA version itself"
+        else:
+            pin = next((d for d in package.depends if _pins_cuda_minor(d)), None)
+            if pin:
+                runtime[package.name] = f"CUDA runtime: built for {pin}"
+    return runtime
 
 
 def required_by(packages: Iterable[LockedPackage], roots: Collection[str]) -> dict[str, str]:
@@ -97,6 +126,7 @@ class _TargetAnalysis:
 
     packages: Mapping[str, LockedPackage]
     cuda: Mapping[str, str]
+    runtime: Mapping[str, str]
     gpu_stack: Mapping[str, str]
 
     @classmethod
@@ -106,7 +136,8 @@ class _TargetAnalysis:
         cuda = cuda_dependent(packages)
         names = {p.name for p in packages}
         roots = set(cuda) | (set(gpu_dependencies) & names)
-        return cls({p.name: p for p in packages}, cuda, required_by(packages, roots))
+        by_name = {p.name: p for p in packages}
+        return cls(by_name, cuda, cuda_runtime(packages), required_by(packages, roots))
 
 
 def _cuda_reason(name: str, holders: Sequence[_TargetAnalysis]) -> str | None:
@@ -114,6 +145,12 @@ def _cuda_reason(name: str, holders: Sequence[_TargetAnalysis]) -> str | None:
         if name in holder.cuda:
             return f"CUDA-dependent ({holder.cuda[name]})"
     return None
+
+
+def _runtime_reason(name: str, holders: Sequence[_TargetAnalysis]) -> str | None:
+    """Why ``name`` may have another version in another CUDA variant, if it may."""
+    reasons = [h.runtime.get(name) for h in holders]
+    return reasons[0] if all(reasons) else None
 
 
 def _gpu_stack_reason(
@@ -133,8 +170,9 @@ def _gpu_stack_reason(
 def variant_differences(solution: Solution, gpu_dependencies: Collection[str]) -> list[Difference]:
     """Every package that differs between variants of the same platform, with its reason.
 
-    A version difference is never allowed. A build difference needs a CUDA-dependent
-    package; presence in only some variants needs a package of the GPU stack.
+    A version difference needs a package of the CUDA runtime (in every variant that holds
+    it); a build difference needs a CUDA-dependent package; presence in only some variants
+    needs a package of the GPU stack.
     """
     differences = []
     for platform in sorted({t.platform for t in solution}):
@@ -158,7 +196,13 @@ def variant_differences(solution: Solution, gpu_dependencies: Collection[str]) -
             present = {b for b in builds.values() if b is not None}
             reason: str | None
             if len({b.split(" ")[0] for b in present}) > 1:
-                reason = None
+                version_reason = _runtime_reason(name, holders)
+                presence_reason = (
+                    _gpu_stack_reason(name, holders, gpu_dependencies)
+                    if None in builds.values()
+                    else ""
+                )
+                reason = None if presence_reason is None else version_reason
             else:
                 build_reason = _cuda_reason(name, holders) if len(present) > 1 else ""
                 presence_reason = (

@@ -267,20 +267,20 @@ def _select(devices: list[Device], entries: list[str], *, stop_at_invalid: bool)
 
 def evaluate(
     requirements: Requirements,
-    survey: Survey | None,
+    survey: Survey | NoDriverError,
     env: Mapping[str, str],
     mode: str = "enforce",
 ) -> Verdict:
-    """Judge a survey against requirements. ``survey`` is None when no driver was found."""
+    """Judge what NVML saw (or why it saw nothing) against a role's requirements."""
     verdict = Verdict(requirements=requirements, mode=mode)
     if not requirements.needs_gpu:
         return verdict
     assert requirements.cuda is not None
-    if survey is None:
+    if isinstance(survey, NoDriverError):
         verdict.problem = (
-            "no NVIDIA driver found (libnvidia-ml.so.1 did not load): run the container with "
-            "the NVIDIA runtime and GPUs attached (docker run --gpus all ..., or "
-            "runtimeClassName: nvidia on Kubernetes)"
+            f"no NVIDIA driver found ({survey}): run the container with the NVIDIA runtime "
+            "and GPUs attached (docker run --gpus all ..., or runtimeClassName: nvidia on "
+            "Kubernetes)"
         )
         verdict.exit_code = NO_DRIVER
         return verdict
@@ -334,7 +334,8 @@ def render(verdict: Verdict) -> list[str]:
         )
     lines.extend(f"  note: {n}" for n in verdict.notes)
     if verdict.ok:
-        lines.append(f"envbuild gpu check: ok ({len(verdict.gpus)} GPUs usable)")
+        count = len(verdict.gpus)
+        lines.append(f"envbuild gpu check: ok ({count} GPU{'' if count == 1 else 's'} usable)")
     elif verdict.mode == "warn":
         lines.append(
             f"envbuild gpu check: FAILED ({verdict.problem}); starting anyway "
@@ -497,9 +498,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         verdict = Verdict(requirements=requirements, mode=mode)
     else:
         try:
-            survey: Survey | None = survey_nvml()
-        except NoDriverError:
-            survey = None
+            survey: Survey | NoDriverError = survey_nvml()
+        except NoDriverError as missing:
+            survey = missing
         verdict = evaluate(requirements, survey, env, mode)
 
     report = sys.stderr if command else sys.stdout

@@ -141,15 +141,15 @@ def lock(
     from envbuild.resolve import resolve
 
     plan = plan_for(spec_file)
+    reporter = reporter or SilentReporter()
+    reporter.note(f"solving {len(plan.requests)} targets of {spec_path}")
     preferred: dict[Target, list[LockedPackage]] = {}
     if previous is not None:
         moving = set(update)
         preferred = {
             t.target: [p for p in t.packages if p.name not in moving] for t in previous.targets
         }
-    resolution = asyncio.run(
-        resolve(plan, Solver(), reporter or SilentReporter(), preferred=preferred)
-    )
+    resolution = asyncio.run(resolve(plan, Solver(), reporter, preferred=preferred))
     variants = {v.name: v for v in derive_variants(spec_file.spec)}
     new_lock = Lock(
         name=spec_file.spec.name,

@@ -222,12 +222,15 @@ class _Resolver:
 
 
 def follow_constraints(reference: Sequence[LockedPackage]) -> list[str]:
-    """Constraints that make a variant follow its platform's reference: same version for
-    every package, same build unless CUDA-dependent."""
+    """Constraints that make a variant follow its platform's reference: the same version and
+    build for every package, only the same version for CUDA-dependent ones, and nothing for the
+    CUDA runtime itself (it follows the variant's own cuda-version)."""
     cuda = consistency.cuda_dependent(reference)
+    runtime = consistency.cuda_runtime(reference)
     return [
         f"{p.name} =={p.version}" if p.name in cuda else f"{p.name} =={p.version} {p.build}"
         for p in reference
+        if p.name not in runtime
     ]
 
 

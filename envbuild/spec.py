@@ -375,7 +375,8 @@ def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        # A misspelt key shows up as unknown and as missing: name the misspelling first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         first = errors[0]
         loc = tuple(first["loc"])
         where = SpecFile(path, Spec.model_construct(), lines).where(loc)

@@ -18,6 +18,7 @@ from envbuild.testing.channel import Package, write_channel
 PLATFORMS = ("linux-64", "osx-arm64")
 PYTHONS = {"3.11": "3.11.9", "3.12": "3.12.4"}
 DASK_VERSIONS = ("2024.8.0", "2024.8.2")
+NUMPY_VERSIONS = ("1.26.4", "2.0.2")
 NVIDIA_LICENSE = "LicenseRef-NVIDIA-End-User-License-Agreement"
 #: cuda-version -> cuda-cudart version
 CUDA_RUNTIMES = {"11.8": "11.8.89", "12.4": "12.4.127", "12.8": "12.8.90"}
@@ -219,13 +220,17 @@ def cupy_packages() -> Iterator[Package]:
             )
 
 
-def dask_gpu_packages(*, dask_versions: tuple[str, ...] = DASK_VERSIONS) -> list[Package]:
+def dask_gpu_packages(
+    *,
+    dask_versions: tuple[str, ...] = DASK_VERSIONS,
+    numpy_versions: tuple[str, ...] = NUMPY_VERSIONS,
+) -> list[Package]:
     """Every package of the dask-gpu fixture channel."""
     packages: list[Package] = []
     for subdir in PLATFORMS:
         packages += system_packages(subdir)
         packages += python_packages(subdir)
-        for version in ("1.26.4", "2.0.2"):
+        for version in numpy_versions:
             packages += compiled_python_package("numpy", version, subdir)
         packages += compiled_python_package("tornado", "6.4.1", subdir)
         packages += compiled_python_package("msgpack-python", "1.0.8", subdir)
@@ -251,9 +256,16 @@ def dask_gpu_packages(*, dask_versions: tuple[str, ...] = DASK_VERSIONS) -> list
     return packages
 
 
-def write_dask_gpu_channel(root: Path, extra: tuple[Package, ...] = ()) -> str:
+def write_dask_gpu_channel(
+    root: Path,
+    extra: tuple[Package, ...] = (),
+    *,
+    dask_versions: tuple[str, ...] = DASK_VERSIONS,
+    numpy_versions: tuple[str, ...] = NUMPY_VERSIONS,
+) -> str:
     """Write the dask-gpu channel (plus ``extra`` packages) under ``root``; return its URL."""
-    return write_channel(root, [*dask_gpu_packages(), *extra], subdirs=(*PLATFORMS, "noarch"))
+    packages = dask_gpu_packages(dask_versions=dask_versions, numpy_versions=numpy_versions)
+    return write_channel(root, [*packages, *extra], subdirs=(*PLATFORMS, "noarch"))
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,74 @@
+"""Shared fixtures: scenario folders copied into tmp_path, a real local channel, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from envbuild.cli import app
+from envbuild.testing.catalog import write_dask_gpu_channel
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a user's machine that lacks a tool; fail in CI, where every test must run."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason}: CI must run this test")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Callable[..., Path]:
+    """Copy tests/data/NAME into tmp_path, write the fixture channel to ./channel, return
+    the spec's path. Keyword arguments go to the channel writer."""
+
+    def make(name: str, **channel: Any) -> Path:
+        shutil.copytree(DATA / name, tmp_path, dirs_exist_ok=True)
+        write_dask_gpu_channel(tmp_path / "channel", **channel)
+        return tmp_path / "envbuild.yaml"
+
+    return make
+
+
+@pytest.fixture
+def envbuild(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run the envbuild CLI in-process: ``envbuild("lock", "-f", spec)``."""
+
+    def run(*args: object, cwd: Path | None = None) -> Result:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+def lock_document(path: Path) -> dict[str, Any]:
+    """The lock file as raw JSON, to compare records without envbuild's own reader."""
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def target_packages(document: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """target -> name -> package entry, straight from the lock's JSON."""
+    targets: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant, info in document["variants"].items():
+        for platform in info["targets"]:
+            targets[f"{variant}/{platform}"] = {}
+    for entry in document["packages"]:
+        for target in entry["targets"]:
+            assert entry["name"] not in targets[target], f"{entry['name']} twice in {target}"
+            targets[target][entry["name"]] = entry
+    return targets
