@@ -21,7 +21,8 @@ from envbuild.errors import EXIT_CODES, EnvbuildError, OutputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{c} {d.rstrip('.')}" for c, d in EXIT_CODES.items())
+# "\b" keeps click from rewrapping the list.
+_EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {c:>2}  {d}" for c, d in EXIT_CODES.items())
 
 app = typer.Typer(
     name="envbuild",

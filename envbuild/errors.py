@@ -15,6 +15,7 @@ class EnvbuildError(Exception):
     """
 
     exit_code: ClassVar[int] = 1
+    label: ClassVar[str] = "other expected error"
 
     def __init__(self, message: str, details: str | None = None) -> None:
         super().__init__(message)
@@ -25,69 +26,79 @@ class SpecError(EnvbuildError):
     """The spec file is missing, malformed or invalid (names the file and line)."""
 
     exit_code = 3
+    label = "invalid spec"
 
 
 class LockStaleError(EnvbuildError):
     """The lock does not match the spec (``lock --check``, or a command that needs a fresh lock)."""
 
     exit_code = 4
+    label = "lock is stale"
 
 
 class LockFileError(EnvbuildError):
     """The lock file is missing, corrupt, or written by a newer envbuild."""
 
     exit_code = 5
+    label = "lock file missing or unreadable"
 
 
 class ChannelError(EnvbuildError):
     """A channel cannot be read (does not exist, unreachable)."""
 
     exit_code = 6
+    label = "channel cannot be read"
 
 
 class SolveError(EnvbuildError):
     """A target (variant x platform) cannot be satisfied."""
 
     exit_code = 7
+    label = "a target cannot be solved"
 
 
 class ConsistencyError(EnvbuildError):
     """The targets cannot share one environment (the consistency invariant is violated)."""
 
     exit_code = 8
+    label = "targets cannot share one environment"
 
 
 class SelectionError(EnvbuildError):
     """A role, platform or format that the lock does not have."""
 
     exit_code = 9
+    label = "no such role, platform or package"
 
 
 class OutputError(EnvbuildError):
     """An output path cannot be written."""
 
     exit_code = 10
+    label = "output cannot be written"
 
 
 class InstallError(EnvbuildError):
     """Creating an environment failed (a package's bytes do not match the lock, ...)."""
 
     exit_code = 11
+    label = "environment cannot be created"
 
 
 class PrefixMismatchError(EnvbuildError):
     """``verify`` found an environment that differs from the lock."""
 
     exit_code = 12
+    label = "environment differs from the lock"
 
 
-#: Exit codes, for the README and ``--help``.
+#: Exit codes, for --help and the README.
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "other expected error",
+    EnvbuildError.exit_code: EnvbuildError.label,
     2: "command-line usage error",
     **{
-        cls.exit_code: (cls.__doc__ or "").split("\n")[0]
+        cls.exit_code: cls.label
         for cls in (
             SpecError,
             LockStaleError,
