@@ -5,6 +5,7 @@ Heavy libraries are imported inside the commands so that ``envbuild --help`` sta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -217,6 +218,26 @@ def schema() -> None:
     _print_json(json_schema())
 
 
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+        status = 0
+    except SystemExit as exit_:
+        status = _exit_status(exit_.code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    # Skip interpreter shutdown: rattler's runtime threads may still be dropping Python objects
+    # right after a solve, and racing them can abort the process (see envbuild.conda.Solver).
+    # Every file is written (atomically, fsynced) before this point; envbuild has no exit hooks.
+    os._exit(status)

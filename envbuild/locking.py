@@ -137,7 +137,6 @@ def lock(
         _check_update_names(update, previous, spec_file)
     import asyncio  # only now: an up-to-date lock must return fast
 
-    from envbuild.conda import Solver
     from envbuild.resolve import resolve
 
     plan = plan_for(spec_file)
@@ -149,7 +148,7 @@ def lock(
         preferred = {
             t.target: [p for p in t.packages if p.name not in moving] for t in previous.targets
         }
-    resolution = asyncio.run(resolve(plan, Solver(), reporter, preferred=preferred))
+    resolution = asyncio.run(resolve(plan, reporter, preferred=preferred))
     variants = {v.name: v for v in derive_variants(spec_file.spec)}
     new_lock = Lock(
         name=spec_file.spec.name,

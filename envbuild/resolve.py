@@ -2,16 +2,20 @@
 
 The way it works:
 
-1. On each platform, solve the reference variant (the newest CUDA variant there: it holds the
-   most packages). Platforms are solved concurrently.
+1. Solve every target concurrently, each on its own. A target that cannot be solved even
+   alone is an error naming it and the package the solver blames.
 2. Compare versions across platforms. Where a package got different versions, pin it for
    every target to the newest version every platform offers that is no newer than the lowest
-   chosen, and solve again.
-3. Solve every other variant with ``constraints`` taken from its platform's reference: the same
-   version for every package, the same build too unless the package is CUDA-dependent.
-4. Re-check the whole invariant on the results (``consistency.check``): a cross-platform
-   difference found now adds pins and goes round again; anything else is an error naming the
-   packages, the versions on each side and why.
+   chosen, and go round again.
+3. On each platform one variant is the reference (the newest CUDA variant: it holds the most
+   packages). Any other variant that strayed from it is solved again with ``constraints``
+   taken from it: the same version and build for every package, only the same version for
+   CUDA-dependent ones, nothing for the CUDA runtime itself. Most of the time nothing strayed
+   and this costs no solve: an unconstrained result that agrees with its reference already
+   meets every one of those constraints.
+4. Re-check the whole invariant (``consistency.check``): a cross-platform difference found
+   now adds pins and goes round again; anything else is an error naming the packages, the
+   versions on each side and why.
 """
 
 from __future__ import annotations
@@ -114,48 +118,56 @@ class _Resolver:
             details=error.details,
         )
 
-    async def solve_references(self) -> dict[Target, tuple[LockedPackage, ...]]:
-        requests = [
-            self.request(Target(variant, platform))
-            for platform, variant in sorted(self.plan.references.items())
-        ]
+    async def solve_all(self) -> dict[Target, tuple[LockedPackage, ...]]:
+        """Every target at once, each on its own (pins aside). A target that cannot be solved
+        even so is an error; when several cannot, the first in plan order is reported."""
+        requests = self.plan.requests
         constraints = self.pin_constraints()
+        results = await asyncio.gather(
+            *(self.solve(r, constraints) for r in requests), return_exceptions=True
+        )
+        for request, result in zip(requests, results, strict=True):
+            if isinstance(result, SolveError):
+                raise self._unsatisfiable(request, result) from None
+            if isinstance(result, BaseException):
+                raise result
+        return {
+            r.target: result
+            for r, result in zip(requests, results, strict=True)
+            if not isinstance(result, BaseException)
+        }
 
-        async def one(request: TargetRequest) -> tuple[LockedPackage, ...]:
-            try:
-                return await self.solve(request, constraints)
-            except SolveError as exc:
-                raise self._unsatisfiable(request, exc) from None
+    def reference_of(self, target: Target) -> Target:
+        return Target(self.plan.references[target.platform], target.platform)
 
-        results = await asyncio.gather(*(one(r) for r in requests))
-        return {r.target: packages for r, packages in zip(requests, results, strict=True)}
-
-    async def solve_followers(
-        self, references: Mapping[Target, tuple[LockedPackage, ...]]
+    async def follow(
+        self, solution: dict[Target, tuple[LockedPackage, ...]]
     ) -> dict[Target, tuple[LockedPackage, ...]]:
-        followers = [r for r in self.plan.requests if r.target not in references]
-
-        async def one(request: TargetRequest) -> tuple[LockedPackage, ...]:
-            reference = Target(
-                self.plan.references[request.target.platform], request.target.platform
+        """Re-solve, with constraints from its reference, each variant that strayed from it."""
+        strayed = [
+            target
+            for target in solution
+            if target != self.reference_of(target)
+            and consistency.check(
+                {t: solution[t] for t in (target, self.reference_of(target))},
+                self.plan.gpu_dependencies,
             )
-            follow = follow_constraints(references[reference])
+        ]
+
+        async def one(target: Target) -> tuple[LockedPackage, ...]:
+            reference = self.reference_of(target)
+            constraints = [*self.pin_constraints(), *follow_constraints(solution[reference])]
             try:
-                return await self.solve(request, [*self.pin_constraints(), *follow])
-            except SolveError as exc:
-                # Unsatisfiable on its own, or only together with the reference?
-                try:
-                    await self.solve(request, self.pin_constraints())
-                except SolveError as alone:
-                    raise self._unsatisfiable(request, alone) from None
+                return await self.solve(self.request(target), constraints)
+            except SolveError as exc:  # it solved on its own: only the reference conflicts
                 raise ConsistencyError(
-                    f"{request.target} cannot use the versions and builds chosen for "
+                    f"{target} cannot use the versions and builds chosen for "
                     f"{reference}: {culprit(exc.details)}",
                     details=exc.details,
                 ) from None
 
-        results = await asyncio.gather(*(one(r) for r in followers))
-        return {r.target: packages for r, packages in zip(followers, results, strict=True)}
+        followed = await asyncio.gather(*(one(t) for t in strayed))
+        return {**solution, **dict(zip(strayed, followed, strict=True))}
 
     async def align(self, mismatches: Sequence[consistency.Violation]) -> None:
         """Pin each mismatched package to a version every platform has."""
@@ -189,14 +201,14 @@ class _Resolver:
 
     async def run(self) -> Resolution:
         for round_number in range(1, MAX_ROUNDS + 1):
-            references = await self.solve_references()
+            solution = await self.solve_all()
             mismatches = consistency.platform_mismatches(
-                references, self.plan.allow_platform_divergence
+                solution, self.plan.allow_platform_divergence
             )
             if mismatches:
                 await self.align(mismatches)
                 continue
-            solution = {**references, **await self.solve_followers(references)}
+            solution = await self.follow(solution)
             violations = consistency.check(
                 solution, self.plan.gpu_dependencies, self.plan.allow_platform_divergence
             )
@@ -235,6 +247,7 @@ def follow_constraints(reference: Sequence[LockedPackage]) -> list[str]:
 
 
 _BLAME = re.compile(r"cannot be (installed|fulfilled)")
+_MISSING = re.compile(r"No candidates were found for ([A-Za-z0-9_.\-]+)")
 _PREFIXES = ("Cannot solve the request because of:", "the constraint")
 
 
@@ -242,6 +255,9 @@ def culprit(details: str | None) -> str:
     """The package a solver explanation blames, as a short phrase."""
     if not details:
         return "the solver found no solution"
+    missing = _MISSING.search(details)
+    if missing:
+        return f"no package {missing.group(1)} in the channels for this platform"
     for line in details.splitlines():
         match = _BLAME.search(line)
         if not match:
@@ -256,9 +272,9 @@ def culprit(details: str | None) -> str:
 
 async def resolve(
     plan: Plan,
-    solver: Solver,
     reporter: Reporter,
     preferred: Mapping[Target, Sequence[LockedPackage]] | None = None,
 ) -> Resolution:
     """Solve every target of ``plan`` into one consistent environment."""
-    return await _Resolver(plan, solver, preferred or {}, reporter).run()
+    async with Solver() as solver:
+        return await _Resolver(plan, solver, preferred or {}, reporter).run()

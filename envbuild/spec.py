@@ -391,9 +391,13 @@ def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
 
 
 def _semantic_problems(spec: Spec) -> Iterator[tuple[Loc, str]]:
-    """Rules that span several fields."""
-    names: dict[str, Loc] = {}
+    """Rules that span several fields.
+
+    A gpu-dependency may name a package of ``dependencies`` again to pick its CUDA build in
+    CUDA variants (``pytorch * cuda*``); within one list a name appears once.
+    """
     for field in ("dependencies", "gpu-dependencies"):
+        names: dict[str, Loc] = {}
         for index, text in enumerate(getattr(spec, _snake(field))):
             name = package_name(text)
             loc: Loc = (field, index)

@@ -120,3 +120,5 @@ def test_culprit_names_the_package_the_solver_blames() -> None:
     )
     assert culprit(explanation) == "cupy cannot be installed (solver's explanation below)"
     assert culprit(None) == "the solver found no solution"
+    missing = "Cannot solve the request because of: No candidates were found for fancy *."
+    assert culprit(missing) == "no package fancy in the channels for this platform"

@@ -13,6 +13,7 @@ from typer.testing import Result
 
 from envbuild.locking import lock
 from envbuild.testing.catalog import dask_packages, write_dask_gpu_channel
+from envbuild.testing.channel import Package
 
 from .conftest import REPO, lock_document, target_packages
 
@@ -379,3 +380,73 @@ def test_json_output_of_lock(
     assert first["targets"] == {"cpu/linux-64": 15, "cpu/osx-arm64": 15, "cuda-12.4/linux-64": 21}
     second = json.loads(envbuild("lock", "--json", "-f", spec).stdout)
     assert (second["status"], second["solves"]) == ("up-to-date", 0)
+
+
+def _gpu_package(name: str, version: str, *depends: str) -> Package:
+    return Package(
+        name=name,
+        version=version,
+        subdir="linux-64",
+        build=f"py311cuda12_{name}_0",
+        depends=("python >=3.11,<3.12.0a0", "cuda-version >=12.0,<13", *depends),
+    )
+
+
+def test_a_variant_that_strays_is_made_to_follow_its_reference(
+    scenario: Callable[..., Path],
+) -> None:
+    # This cupy holds numpy below 2 on the GPU variant; alone, the CPU variant takes 2.0.2.
+    spec = scenario("dask-gpu", extra=(_gpu_package("cupy", "13.4.0", "numpy >=1.22,<2.0a0"),))
+    spec.write_text(
+        spec.read_text()
+        .replace("platforms: [linux-64, osx-arm64]", "platforms: [linux-64]")
+        .replace("gpu-dependencies: [cupy]", "gpu-dependencies: [cupy 13.4.*]")
+    )
+
+    outcome = lock(spec)
+
+    targets = target_packages(lock_document(spec.parent / "envbuild.lock"))
+    assert {t["numpy"]["version"] for t in targets.values()} == {"1.26.4"}
+    assert (
+        targets["cpu/linux-64"]["numpy"]["build"] == targets["cuda-12.4/linux-64"]["numpy"]["build"]
+    )
+    assert outcome.solves == 3  # both targets, then the CPU variant again with constraints
+    assert_consistent(targets)
+
+
+def test_a_variant_that_cannot_follow_is_a_consistency_error(
+    scenario: Callable[..., Path], envbuild: Callable[..., Result]
+) -> None:
+    # "fancy" has a CUDA build needing numpy <2 and a CPU build needing numpy >=2. As on
+    # conda-forge, the CUDA build needs __cuda (so CPU variants cannot take it) and wins on
+    # build number where it can.
+    fancy_cpu = Package(
+        name="fancy",
+        version="1.0",
+        subdir="linux-64",
+        build="py311_cpu_0",
+        depends=("python >=3.11,<3.12.0a0", "numpy >=2"),
+    )
+    fancy_gpu = Package(
+        name="fancy",
+        version="1.0",
+        subdir="linux-64",
+        build="py311cuda12_1",
+        build_number=1,
+        depends=("python >=3.11,<3.12.0a0", "numpy <2", "cuda-version >=12.0,<13", "__cuda"),
+    )
+    spec = scenario("dask-gpu", extra=(fancy_gpu, fancy_cpu))
+    # Everyone gets fancy; CUDA variants get its CUDA build.
+    spec.write_text(
+        spec.read_text()
+        .replace("  - numpy\n", "  - numpy\n  - fancy\n")
+        .replace("gpu-dependencies: [cupy]", "gpu-dependencies: [cupy, 'fancy * *cuda*']")
+        .replace("platforms: [linux-64, osx-arm64]", "platforms: [linux-64]")
+    )
+
+    result = envbuild("lock", "-f", spec)
+
+    assert result.exit_code == 8, result.output
+    error = next(x for x in result.stderr.splitlines() if x.startswith("envbuild: error"))
+    assert "cpu/linux-64 cannot use the versions and builds chosen for cuda-12.4/linux-64" in error
+    assert not (spec.parent / "envbuild.lock").exists()

@@ -181,3 +181,11 @@ def test_every_shipped_spec_is_valid(path: Path | str, tmp_path: Path) -> None:
     gpu = next(r for r in plan.requests if str(r.target) == "cuda-12.4/linux-64")
     assert "cuda-version 12.4.*" in gpu.specs and "__cuda=12.4=0" in gpu.virtual_packages
     assert plan.references == {"linux-64": "cuda-12.4", "osx-arm64": "cpu"}
+
+
+def test_a_gpu_dependency_may_pick_the_cuda_build_of_a_dependency() -> None:
+    text = MINIMAL.replace(
+        "[python 3.11.*]", "[python 3.11.*, pytorch]\ngpu-dependencies: ['pytorch * cuda*']"
+    )
+    spec = parse_spec(text, Path("envbuild.yaml")).spec
+    assert spec.gpu_dependencies == ["pytorch * cuda*"]

@@ -1,0 +1,134 @@
+"""A conda-forge-shaped channel for benchmarks: metadata only, deterministic.
+
+Over 50,000 records and 3,000 names on linux-64, osx-arm64 and noarch: four pythons, per-python
+builds of compiled packages, per-CUDA builds (CUDA 11 and 12) of GPU packages, noarch python
+packages, and dependency chains about twenty deep (``pkg-i`` needs ``pkg-i//2``, ``pkg-i//3``
+and ``pkg-i//5``). The dask-gpu fixture packages sit on top; dask-core needs the ten newest
+chains, so a dask environment holds a few hundred packages.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from envbuild.testing.catalog import PLATFORMS, build_hash, dask_gpu_packages
+from envbuild.testing.channel import Package, write_channel
+
+FILLER = 3_000
+VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4")
+PYTHONS = ("3.9", "3.10", "3.11", "3.12")
+EXTRA_PYTHONS = {"3.9": "3.9.19", "3.10": "3.10.14"}  # the catalog has 3.11 and 3.12
+
+
+def _requirements(index: int) -> tuple[str, ...]:
+    parents = sorted({index // 2, index // 3, index // 5} - {index, 0})
+    return tuple(f"pkg-{p:04d} >=1.1" for p in parents)
+
+
+def _python_pins(py: str) -> tuple[str, ...]:
+    major, minor = py.split(".")
+    return (
+        f"python >={py},<{major}.{int(minor) + 1}.0a0",
+        f"python_abi {py}.* *_cp{major}{minor}",
+    )
+
+
+def _interpreters() -> Iterator[Package]:
+    for subdir in PLATFORMS:
+        for py, full in EXTRA_PYTHONS.items():
+            tag = f"cp{py.replace('.', '')}"
+            yield Package(
+                name="python_abi",
+                version=py,
+                build=f"5_{tag}",
+                build_number=5,
+                subdir=subdir,
+                constrains=(f"python {py}.* *_cpython",),
+            )
+            yield Package(
+                name="python",
+                version=full,
+                subdir=subdir,
+                build=build_hash("python", full, subdir) + "_0_cpython",
+                depends=("libzlib >=1.3.1,<2.0a0",),
+                constrains=(f"python_abi {py}.* *_{tag}",),
+            )
+
+
+def _filler(index: int) -> Iterator[Package]:
+    name = f"pkg-{index:04d}"
+    requirements = _requirements(index)
+    for version in VERSIONS:
+        if index % 3:  # two thirds are pure python
+            yield Package(
+                name=name,
+                version=version,
+                build="pyhd8ed1ab_0",
+                noarch="python",
+                depends=("python >=3.9", *requirements),
+            )
+            continue
+        for subdir in PLATFORMS:
+            for py in PYTHONS:
+                tag = f"py{py.replace('.', '')}"
+                if index % 50 == 0 and subdir == "linux-64":  # GPU packages: per CUDA major
+                    for major in ("11", "12"):
+                        yield Package(
+                            name=name,
+                            version=version,
+                            subdir=subdir,
+                            build=f"{tag}cuda{major}{build_hash(name, version, py, major)}_0",
+                            depends=(
+                                *_python_pins(py),
+                                *requirements,
+                                f"cuda-version >={major}.0,<{int(major) + 1}",
+                            ),
+                        )
+                    continue
+                yield Package(
+                    name=name,
+                    version=version,
+                    subdir=subdir,
+                    build=f"{tag}{build_hash(name, version, py, subdir)}_0",
+                    depends=(*_python_pins(py), *requirements),
+                )
+
+
+def forge_packages() -> list[Package]:
+    """Every package of the benchmark channel."""
+    chains = tuple(f"pkg-{FILLER - 1 - k:04d}" for k in range(10))
+    packages = [p for p in dask_gpu_packages() if p.name != "dask-core"]
+    for version in ("2024.8.0", "2024.8.2"):
+        packages.append(
+            Package(
+                name="dask-core",
+                version=version,
+                build="pyhd8ed1ab_0",
+                noarch="python",
+                depends=(
+                    "python >=3.9",
+                    "cloudpickle >=3.0.0",
+                    "toolz >=0.10.0",
+                    "pyyaml >=5.3.1",
+                    *chains,
+                ),
+            )
+        )
+    packages.extend(_interpreters())
+    for index in range(1, FILLER):
+        packages.extend(_filler(index))
+    return packages
+
+
+def write_forge(root: Path) -> tuple[str, int, int]:
+    """Write the channel under ``root``; return its URL, its record and name counts."""
+    packages = forge_packages()
+    url = write_channel(root, packages, subdirs=(*PLATFORMS, "noarch"), archives=False)
+    return url, len(packages), len({p.name for p in packages})
+
+
+if __name__ == "__main__":
+    channel_url, records, names = write_forge(Path(sys.argv[1]))
+    print(f"{channel_url}: {records} records, {names} names")
