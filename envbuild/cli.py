@@ -12,13 +12,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from envbuild import __version__
-from envbuild.errors import EXIT_CODES, EnvbuildError, OutputError
+from envbuild.errors import EXIT_CODES, EnvbuildError, OutputError, PrefixMismatchError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -208,6 +209,152 @@ def show(
         _print_json(summary)
     else:
         print(report.render(summary))
+
+
+class ExportFormat(StrEnum):
+    conda_lock = "conda-lock"
+    explicit = "explicit"
+    environment = "environment"
+    pixi = "pixi"
+
+
+RoleOption = Annotated[
+    str | None, typer.Option("--role", "-r", help="client, scheduler or worker.")
+]
+RequiredRole = Annotated[str, typer.Option("--role", "-r", help="client, scheduler or worker.")]
+PlatformOption = Annotated[
+    str | None,
+    typer.Option(
+        "--platform", "-p", help="Conda platform, e.g. linux-64 (default: this machine's)."
+    ),
+]
+PrefixOption = Annotated[Path, typer.Option("--prefix", help="The environment's folder.")]
+
+
+@app.command()
+@handles_errors
+def export(
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="conda-lock (one variant, all its platforms), explicit (@EXPLICIT urls), "
+            "environment (environment.yml with exact pins), pixi (every variant and platform).",
+        ),
+    ],
+    role: RoleOption = None,
+    platform: PlatformOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    spec_path: SpecOption = Path("envbuild.yaml"),
+    lock_path: LockOption = None,
+) -> None:
+    """Export the lock for other conda tools: conda-lock, conda/micromamba, pixi.
+
+    A stale lock (the spec changed since it was locked) is refused.
+    """
+    from envbuild import conda, exports, locking
+
+    path = lock_path or locking.default_lock_path(spec_path)
+    current = locking.fresh_lock(spec_path, lock_path)
+    text = exports.export(
+        current,
+        fmt.value,
+        output,
+        role=role,
+        platform=platform,
+        source=path.name,
+        current_platform=conda.current_platform(),
+    )
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {output}", file=sys.stderr)
+
+
+@app.command()
+@handles_errors
+def env(
+    role: RequiredRole,
+    prefix: PrefixOption,
+    platform: PlatformOption = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Package cache (default: $ENVBUILD_CACHE_DIR or ~/.cache/envbuild/pkgs).",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    spec_path: SpecOption = Path("envbuild.yaml"),
+    lock_path: LockOption = None,
+) -> None:
+    """Create (or bring up to date) a real conda environment for a role, from the lock.
+
+    Local archives are checked against the lock's sha256 before anything is installed. A
+    complete environment is left untouched; a folder that is not an environment is refused.
+    """
+    from envbuild import conda, environments, locking
+
+    current = locking.fresh_lock(spec_path, lock_path)
+    target = current.role_target(role, platform or conda.current_platform())
+    outcome = environments.create_env(
+        current,
+        target,
+        prefix,
+        cache_dir=cache_dir,
+        show_progress=sys.stderr.isatty() and not quiet,
+    )
+    if quiet:
+        return
+    if outcome.status == "up-to-date":
+        print(f"{prefix} already matches {target.target} ({outcome.packages} packages)")
+    else:
+        print(
+            f"{outcome.status} {prefix}: {target.target}, {outcome.packages} packages "
+            f"({len(outcome.fetched)} installed) in {outcome.seconds:.2f} s"
+        )
+
+
+@app.command()
+@handles_errors
+def verify(
+    role: RequiredRole,
+    prefix: PrefixOption,
+    platform: PlatformOption = None,
+    files: Annotated[
+        bool, typer.Option("--files", help="Also check every installed file's sha256.")
+    ] = False,
+    no_marker: Annotated[
+        bool,
+        typer.Option(
+            "--no-marker",
+            help="Do not require envbuild's completion marker (for environments made by other "
+            "tools from an export).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+    spec_path: SpecOption = Path("envbuild.yaml"),
+    lock_path: LockOption = None,
+) -> None:
+    """Check that an environment holds exactly what the lock says (exit 12 when it does not)."""
+    from envbuild import conda, environments, locking
+
+    current = locking.fresh_lock(spec_path, lock_path)
+    target = current.role_target(role, platform or conda.current_platform())
+    report = environments.verify_prefix(target, prefix, files=files, marker=not no_marker)
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.clean:
+        print(f"{prefix} matches {target.target} ({len(target.packages)} packages)")
+    if not report.clean:
+        problems = report.problems()
+        raise PrefixMismatchError(
+            f"{prefix} differs from the lock's {target.target}: {len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}",
+            details="\n".join(problems),
+        )
 
 
 @app.command()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envbuild.errors import ChannelError, SolveError
+from envbuild.errors import ChannelError, InstallError, SolveError
 from envbuild.lockfile import LockedPackage
 
 if TYPE_CHECKING:
@@ -184,3 +186,97 @@ def _channel_error(exc: Exception, channels: Sequence[str]) -> Exception:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     return ChannelError(f"cannot read channel: {first}", details=text)
+
+
+def current_platform() -> str:
+    """The conda platform of this machine, e.g. ``linux-64``."""
+    from rattler import Subdir
+
+    return str(Subdir.current())
+
+
+_FETCH_FAILED = re.compile(r"failed to fetch (\S+)")
+
+
+async def install(
+    packages: Sequence[LockedPackage],
+    prefix: Path,
+    *,
+    cache_dir: Path,
+    platform: str,
+    show_progress: bool,
+    reinstall: Collection[str] = (),
+) -> None:
+    """Install exactly ``packages`` into ``prefix``: missing ones are added, others removed.
+
+    ``reinstall`` names packages to install again although a record for them is there
+    (rattler keeps a package whose record was edited as long as its sha256 still matches).
+
+    rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
+    callers verify those first (envbuild.environments.check_local_archives).
+    """
+    from rattler import Subdir
+    from rattler import install as rattler_install
+
+    try:
+        await rattler_install(
+            [to_rattler(p) for p in packages],
+            target_prefix=prefix,
+            cache_dir=cache_dir,
+            platform=Subdir(platform),
+            show_progress=show_progress,
+            reinstall_packages=set(reinstall),
+        )
+    except Exception as exc:
+        text = str(exc).strip()
+        failed = _FETCH_FAILED.search(text)
+        if "hash mismatch" in text and failed:
+            raise InstallError(
+                f"{failed.group(1)}: the archive's sha256 does not match the lock; refusing to "
+                "install it (the channel changed, or the download is corrupt)",
+                details=text,
+            ) from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise InstallError(f"installing into {prefix} failed: {first}", details=text) from None
+
+
+def write_pixi_lock(
+    path: Path,
+    channels: Sequence[str],
+    environments: Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[LockedPackage]]]],
+) -> None:
+    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages)."""
+    from rattler import LockChannel, LockFile, LockPlatform, Subdir
+
+    platforms = sorted({p for env in environments.values() for p in env})
+    declared = {
+        p: next(vps for env in environments.values() if p in env for vps in [env[p][0]])
+        for p in platforms
+    }
+    lock_platforms = {
+        p: LockPlatform(p, Subdir(p), virtual_packages=list(declared[p])) for p in platforms
+    }
+    lock = LockFile(list(lock_platforms.values()))
+    for name, by_platform in environments.items():
+        lock.set_channels(name, [LockChannel(c) for c in channels])
+        for platform, (_, packages) in by_platform.items():
+            for package in packages:
+                lock.add_conda_package(name, lock_platforms[platform], to_rattler(package))
+    lock.to_path(path)
+
+
+def read_pixi_lock(path: Path) -> dict[str, dict[str, list[LockedPackage]]]:
+    """A pixi.lock-format file as environment -> platform -> packages."""
+    from rattler import LockFile
+
+    lock = LockFile.from_path(path)
+    result: dict[str, dict[str, list[LockedPackage]]] = {}
+    for name, environment in lock.environments():
+        result[name] = {
+            str(platform.name): sorted(
+                from_rattler(r)
+                for r in environment.conda_repodata_records_for_platform(platform) or []
+            )
+            for platform in environment.platforms()
+        }
+    return result

@@ -177,6 +177,15 @@ def lock(
     )
 
 
+def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleError | None:
+    if current.spec_hash == spec_file.content_hash:
+        return None
+    spec_file.check_match_specs()  # a broken spec is a spec error, not a stale lock
+    return LockStaleError(
+        f"{lock_path} is stale: {spec_file.path} changed since it was locked; run `envbuild lock`"
+    )
+
+
 def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
     """The lock, when it matches the spec; LockStaleError otherwise."""
     spec_file = load_spec(spec_path, full=False)
@@ -185,9 +194,22 @@ def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
         spec_file.check_match_specs()
         raise LockStaleError(f"{lock_path}: no lock file yet; run `envbuild lock`")
     current = read_lock(lock_path)
-    if current.spec_hash != spec_file.content_hash:
-        spec_file.check_match_specs()  # a broken spec is a spec error, not a stale lock
-        raise LockStaleError(
-            f"{lock_path} is stale: {spec_path} changed since it was locked; run `envbuild lock`"
-        )
+    stale = _stale(spec_file, current, lock_path)
+    if stale:
+        raise stale
+    return current
+
+
+def fresh_lock(spec_path: Path, lock_path: Path | None = None) -> Lock:
+    """The lock for commands that use it (export, env, verify).
+
+    Refused when the spec beside it changed since it was locked. A lock shipped without its
+    spec (into an image build, say) is used as it is: it is the single source of truth.
+    """
+    lock_path = lock_path or default_lock_path(spec_path)
+    current = read_lock(lock_path)
+    if spec_path.exists():
+        stale = _stale(load_spec(spec_path, full=False), current, lock_path)
+        if stale:
+            raise stale
     return current

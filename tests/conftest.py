@@ -30,6 +30,15 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _own_package_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests never touch ~/.cache: one package cache for the session."""
+    cache = tmp_path_factory.getbasetemp() / "package-cache"
+    monkeypatch.setenv("ENVBUILD_CACHE_DIR", str(cache))
+
+
 @pytest.fixture
 def scenario(tmp_path: Path) -> Callable[..., Path]:
     """Copy tests/data/NAME into tmp_path, write the fixture channel to ./channel, return
@@ -53,6 +62,16 @@ def envbuild(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
         return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def locked(scenario: Callable[..., Path]) -> Path:
+    """The dask-gpu scenario, locked; returns the spec's path."""
+    from envbuild.locking import lock
+
+    spec = scenario("dask-gpu")
+    lock(spec)
+    return spec
 
 
 def lock_document(path: Path) -> dict[str, Any]:
