@@ -217,17 +217,43 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_local_archives(packages: Sequence[LockedPackage]) -> None:
+_INDEX_NAME = ".envbuild-verified-archives.json"
+
+
+def _stat_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> None:
     """Hash every ``file://`` archive against the lock before rattler extracts it.
 
     rattler verifies what it downloads over HTTP but not local archives, and it files an
     extraction in its cache under the lock's sha256 unchecked: one bad archive would stay in
     the cache for good. So a mismatch here stops the install, naming the package.
-    """
-    local = [(p, path) for p in packages if (path := _local_path(p.url)) is not None]
 
-    def check(item: tuple[LockedPackage, Path]) -> None:
-        package, path = item
+    Archives verified before and unchanged since (same size, mtime, ctime, inode and device,
+    as git's index judges files) are not hashed again; the record of them lives in the cache.
+    """
+    index_path = cache_dir / _INDEX_NAME
+    try:
+        index: dict[str, list[Any]] = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    unknown = []  # archives not verified before, or changed since
+    for package in packages:
+        path = _local_path(package.url)
+        if path is None:
+            continue
+        try:
+            key = _stat_key(path)
+        except OSError as exc:
+            raise InstallError(f"{package}: cannot read {path}: {exc.strerror}") from None
+        if index.get(str(path)) != [*key, package.sha256]:
+            unknown.append((package, path, key))
+
+    def check(item: tuple[LockedPackage, Path, list[int]]) -> tuple[str, list[Any]]:
+        package, path, key = item
         try:
             actual = _sha256_of(path)
         except OSError as exc:
@@ -237,9 +263,19 @@ def check_local_archives(packages: Sequence[LockedPackage]) -> None:
                 f"{package}: {path} has sha256 {actual}, the lock says {package.sha256}: the "
                 "channel changed since it was locked; refusing to install it"
             )
+        return str(path), [*key, actual]
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-        list(pool.map(check, local))
+    verified: list[tuple[str, list[Any]]] = []
+    if unknown:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+            verified = list(pool.map(check, unknown))
+    if verified:
+        index.update(verified)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(index_path, json.dumps(index, sort_keys=True))
+        except OutputError:
+            pass  # only a speed-up: the archives get hashed again next time
 
 
 @dataclass(frozen=True)
@@ -299,7 +335,8 @@ def create_env(
     reinstall = {c.name for c in changed}
     needed = set(missing) | reinstall
     to_fetch = [p for p in target.packages if p.name in needed]
-    check_local_archives(to_fetch)
+    cache_dir = cache_dir or default_cache_dir()
+    check_local_archives(to_fetch, cache_dir)
 
     from envbuild import conda
 
@@ -307,7 +344,7 @@ def create_env(
         conda.install(
             target.packages,
             prefix,
-            cache_dir=cache_dir or default_cache_dir(),
+            cache_dir=cache_dir,
             platform=target.platform,
             show_progress=show_progress,
             reinstall=reinstall,

@@ -229,3 +229,23 @@ def test_another_platform_can_be_laid_out(
         "verify", "--role", "client", "--platform", "linux-64", "--prefix", prefix, "-f", locked
     )
     assert other.exit_code == 12 and "extra: libcxx" in other.stderr
+
+
+def test_an_archive_replaced_after_it_was_verified_is_caught(
+    locked: Path, envbuild: Callable[..., Result], tmp_path: Path
+) -> None:
+    # The first install records the archive as verified; replacing it afterwards (even with
+    # the same size and mtime) changes its ctime, so it is hashed again and refused.
+    import os
+
+    assert env(envbuild, locked, tmp_path / "first").exit_code == 0
+    archive = locked.parent / "channel" / "noarch" / "toolz-0.12.1-pyhd8ed1ab_0.tar.bz2"
+    before = archive.stat()
+    good = archive.read_bytes()
+    evil = good[:-1] + bytes([good[-1] ^ 0xFF])  # one byte flipped: same size, same mtime
+    archive.write_bytes(evil)
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    refused = env(envbuild, locked, tmp_path / "second")
+
+    assert refused.exit_code == 11 and "toolz=0.12.1=pyhd8ed1ab_0" in refused.stderr
