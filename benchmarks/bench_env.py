@@ -145,9 +145,8 @@ def main() -> int:
             cwd=work,
             check=True,
         )
-        print(
-            f"  for the record: `envbuild env` as a cold command {time.perf_counter() - started:.3f} s"
-        )
+        seconds = time.perf_counter() - started
+        print(f"  for the record: `envbuild env` as a cold command {seconds:.3f} s")
         return 0 if met else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
