@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,8 +13,9 @@ import pytest
 
 from envbuild import gpucheck
 from envbuild.gpucheck import ComputeCapability, Device, Driver, driver_problem, visible_devices
+from envbuild.testing import nvml
 
-from .conftest import TESTS, require
+from .conftest import require
 
 A100 = "NVIDIA A100-SXM4-80GB,8.0,GPU-a100"
 T4 = "Tesla T4,7.5,GPU-t4"
@@ -30,24 +30,9 @@ DRIVERS = {  # driver branch -> (version string, CUDA version NVML reports)
 
 @pytest.fixture(scope="session")
 def fake_nvml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding libnvidia-ml.so.1 built from tests/fake_nvml/fake_nvml.c."""
-    require(shutil.which("gcc") is not None, "gcc is needed to build the fake NVML library")
-    folder = tmp_path_factory.mktemp("fake-nvml")
-    subprocess.run(
-        [
-            "gcc",
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-o",
-            str(folder / "libnvidia-ml.so.1"),
-            str(TESTS / "fake_nvml" / "fake_nvml.c"),
-        ],
-        check=True,
-    )
-    return folder
+    """A folder holding the fake libnvidia-ml.so.1 (envbuild/testing/fake_nvml.c)."""
+    require(nvml.compiler() is not None, "gcc is needed to build the fake NVML library")
+    return nvml.build(tmp_path_factory.mktemp("fake-nvml")).parent
 
 
 Check = Callable[..., subprocess.CompletedProcess[str]]
