@@ -32,11 +32,18 @@ system-packages:
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+EXAMPLE := -f examples/dask-gpu/envbuild.yaml --lockfile $(DEMO)/envbuild.lock
+
+# The main job on the bundled offline example: a channel of real archives generated here
+# (nothing downloaded), one lock for every role, an export, a real environment, a check.
 demo: $(STAMP)
 	rm -rf build/demo-channel $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/python -m envbuild.testing.catalog build/demo-channel
-	$(BIN)/envbuild lock -f examples/dask-gpu/envbuild.yaml --lockfile $(DEMO)/envbuild.lock
-	$(BIN)/envbuild show -f examples/dask-gpu/envbuild.yaml --lockfile $(DEMO)/envbuild.lock
+	$(BIN)/envbuild lock $(EXAMPLE)
+	$(BIN)/envbuild show $(EXAMPLE)
+	$(BIN)/envbuild export $(EXAMPLE) --format conda-lock --role worker -o $(DEMO)/conda-lock.worker.yml
+	$(BIN)/envbuild env $(EXAMPLE) --role worker --platform linux-64 --prefix $(DEMO)/envs/worker --cache-dir $(DEMO)/pkgs
+	$(BIN)/envbuild verify $(EXAMPLE) --role worker --platform linux-64 --prefix $(DEMO)/envs/worker
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -55,8 +62,11 @@ test: lint typecheck unit
 schema: $(STAMP)
 	$(BIN)/envbuild schema > envbuild/schema/envbuild.schema.json
 
+# Ratios against baselines measured in the same run; not part of `make test` (timings are noisy).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lock.py
+	$(BIN)/python benchmarks/bench_env.py
+	$(BIN)/python benchmarks/bench_gpucheck.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
