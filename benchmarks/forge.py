@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from envbuild.testing.catalog import PLATFORMS, build_hash, dask_gpu_packages
+from envbuild.testing.catalog import PLATFORMS, build_hash, dask_gpu_packages, python_packages
 from envbuild.testing.channel import Package, write_channel
 
 FILLER = 3_000
@@ -33,28 +33,6 @@ def _python_pins(py: str) -> tuple[str, ...]:
         f"python >={py},<{major}.{int(minor) + 1}.0a0",
         f"python_abi {py}.* *_cp{major}{minor}",
     )
-
-
-def _interpreters() -> Iterator[Package]:
-    for subdir in PLATFORMS:
-        for py, full in EXTRA_PYTHONS.items():
-            tag = f"cp{py.replace('.', '')}"
-            yield Package(
-                name="python_abi",
-                version=py,
-                build=f"5_{tag}",
-                build_number=5,
-                subdir=subdir,
-                constrains=(f"python {py}.* *_cpython",),
-            )
-            yield Package(
-                name="python",
-                version=full,
-                subdir=subdir,
-                build=build_hash("python", full, subdir) + "_0_cpython",
-                depends=("libzlib >=1.3.1,<2.0a0",),
-                constrains=(f"python_abi {py}.* *_{tag}",),
-            )
 
 
 def _filler(index: int) -> Iterator[Package]:
@@ -116,7 +94,8 @@ def forge_packages() -> list[Package]:
                 ),
             )
         )
-    packages.extend(_interpreters())
+    for subdir in PLATFORMS:
+        packages.extend(python_packages(subdir, EXTRA_PYTHONS))
     for index in range(1, FILLER):
         packages.extend(_filler(index))
     return packages

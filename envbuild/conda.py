@@ -263,20 +263,3 @@ def write_pixi_lock(
             for package in packages:
                 lock.add_conda_package(name, lock_platforms[platform], to_rattler(package))
     lock.to_path(path)
-
-
-def read_pixi_lock(path: Path) -> dict[str, dict[str, list[LockedPackage]]]:
-    """A pixi.lock-format file as environment -> platform -> packages."""
-    from rattler import LockFile
-
-    lock = LockFile.from_path(path)
-    result: dict[str, dict[str, list[LockedPackage]]] = {}
-    for name, environment in lock.environments():
-        result[name] = {
-            str(platform.name): sorted(
-                from_rattler(r)
-                for r in environment.conda_repodata_records_for_platform(platform) or []
-            )
-            for platform in environment.platforms()
-        }
-    return result

@@ -252,14 +252,19 @@ def check(
 def platform_mismatches(
     solution: Solution, allow_platform_divergence: Collection[str] = ()
 ) -> list[Violation]:
-    """Packages whose version differs between platforms (and may not)."""
-    versions: dict[str, dict[Target, str]] = {}
+    """Packages whose version differs between platforms (and may not).
+
+    The CUDA runtime differs between CUDA variants by design, so its packages are compared
+    across the platforms of each variant, not across variants.
+    """
+    groups: dict[tuple[str, str], dict[Target, str]] = {}
     for target, packages in solution.items():
+        runtime = cuda_runtime(packages)
         for package in packages:
-            versions.setdefault(package.name, {})[target] = package.version
+            scope = target.variant if package.name in runtime else ""
+            groups.setdefault((package.name, scope), {})[target] = package.version
     violations = []
-    for name in sorted(versions):
-        seen = versions[name]
+    for (name, _), seen in sorted(groups.items()):
         if name in allow_platform_divergence or len({t.platform for t in seen}) < 2:
             continue
         if len(set(seen.values())) > 1:

@@ -316,7 +316,8 @@ def create_env(
     """Make ``prefix`` hold exactly the locked target; a complete prefix is left untouched."""
     started = time.perf_counter()
     existed = _check_prefix_is_usable(prefix)
-    if existed and verify_prefix(target, prefix).clean:
+    report = verify_prefix(target, prefix) if existed else None
+    if report is not None and report.clean:
         return EnvOutcome(
             prefix,
             str(target.target),
@@ -330,10 +331,9 @@ def create_env(
     except OSError as exc:
         raise OutputError(f"{prefix}: cannot write here: {exc.strerror}") from None
 
-    # Whatever rattler will (re)install must be checked first: the same test as verify's.
-    missing, _, changed = compare(target.packages, installed_records(prefix) if existed else {})
-    reinstall = {c.name for c in changed}
-    needed = set(missing) | reinstall
+    # Whatever rattler will (re)install must be checked first, as verify sees the prefix.
+    reinstall = {c.name for c in report.changed} if report else set()
+    needed = (set(report.missing) | reinstall) if report else {p.name for p in target.packages}
     to_fetch = [p for p in target.packages if p.name in needed]
     cache_dir = cache_dir or default_cache_dir()
     check_local_archives(to_fetch, cache_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -75,14 +74,6 @@ def render_environment(
     }
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
     return _header(source, what) + f"# platform: {target.platform}\n" + body
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What to export: a role on one or more platforms, or (pixi) everything."""
-
-    role: str | None
-    platforms: tuple[str, ...]
 
 
 def _role_targets(lock: Lock, role: str | None, platform: str | None) -> list[LockedTarget]:

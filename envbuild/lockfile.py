@@ -8,7 +8,7 @@ stored once with the targets (``variant/platform``) that contain it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,8 +343,3 @@ def write_lock(path: Path, lock: Lock) -> bool:
         pass
     write_atomic(path, text)
     return True
-
-
-def packages_of(targets: Iterable[LockedTarget]) -> list[LockedPackage]:
-    """Every distinct package of ``targets``, sorted."""
-    return sorted({p for t in targets for p in t.packages})

@@ -23,7 +23,12 @@ from envbuild.lockfile import (
 )
 from envbuild.progress import SilentReporter
 from envbuild.spec import ROLES, SpecFile, load_spec
-from envbuild.variants import derive_variants, reference_variant, target_virtual_packages
+from envbuild.variants import (
+    Variant,
+    derive_variants,
+    reference_variant,
+    target_virtual_packages,
+)
 
 if TYPE_CHECKING:
     from envbuild.resolve import Plan, Reporter
@@ -82,10 +87,10 @@ def plan_for(spec_file: SpecFile) -> Plan:
     )
 
 
-def _roles(spec_file: SpecFile) -> tuple[LockedRole, ...]:
+def _roles(spec_file: SpecFile, variants: Sequence[Variant]) -> tuple[LockedRole, ...]:
     spec = spec_file.spec
     roles = []
-    for variant in derive_variants(spec):
+    for variant in variants:
         for name in variant.roles:
             gpu = spec.role(name).gpu
             roles.append(
@@ -149,12 +154,12 @@ def lock(
             t.target: [p for p in t.packages if p.name not in moving] for t in previous.targets
         }
     resolution = asyncio.run(resolve(plan, reporter, preferred=preferred))
-    variants = {v.name: v for v in derive_variants(spec_file.spec)}
+    variants = derive_variants(spec_file.spec)
     new_lock = Lock(
         name=spec_file.spec.name,
         spec_hash=spec_file.content_hash,
         channels=plan.channels,
-        roles=_roles(spec_file),
+        roles=_roles(spec_file, variants),
         targets=tuple(
             LockedTarget(
                 target=request.target,
@@ -164,7 +169,7 @@ def lock(
             )
             for request in plan.requests
         ),
-        variant_cuda={name: v.cuda for name, v in variants.items()},
+        variant_cuda={v.name: v.cuda for v in variants},
         gpu_dependencies=tuple(sorted(plan.gpu_dependencies)),
     )
     written = write_lock(lock_path, new_lock)

@@ -20,11 +20,6 @@ class VirtualPackage:
     def __str__(self) -> str:
         return f"{self.name}={self.version}={self.build}"
 
-    @classmethod
-    def parse(cls, text: str) -> VirtualPackage:
-        name, version, build = text.split("=")
-        return cls(name, version, build)
-
 
 #: platform -> (operating system, archspec microarchitecture)
 PLATFORMS: dict[str, tuple[str, str]] = {
@@ -38,11 +33,6 @@ PLATFORMS: dict[str, tuple[str, str]] = {
 
 #: Platforms on which a role may have a GPU (CUDA does not exist on macOS).
 GPU_PLATFORMS = frozenset(p for p, (os_name, _) in PLATFORMS.items() if os_name != "osx")
-
-
-def os_of(platform: str) -> str:
-    """``"linux-64"`` -> ``"linux"``."""
-    return PLATFORMS[platform][0]
 
 
 def virtual_packages(

@@ -122,3 +122,15 @@ def test_culprit_names_the_package_the_solver_blames() -> None:
     assert culprit(None) == "the solver found no solution"
     missing = "Cannot solve the request because of: No candidates were found for fancy *."
     assert culprit(missing) == "no package fancy in the channels for this platform"
+
+
+def test_the_cuda_runtime_is_compared_across_platforms_within_each_variant() -> None:
+    arm_124, arm_128 = Target("cuda-12.4", "linux-aarch64"), Target("cuda-12.8", "linux-aarch64")
+    solution = {LINUX_124: GPU_124, LINUX_128: GPU_128, arm_124: GPU_124, arm_128: GPU_128}
+    assert check(solution, {"cupy"}) == []
+    # Within one variant the runtime must still agree across platforms.
+    other_cudart = pkg("cuda-cudart", "12.4.99", "h0", "cuda-version >=12.4,<12.5.0a0")
+    drifted = {**solution, arm_124: (*GPU_124[:3], other_cudart, *GPU_124[4:])}
+    [violation] = platform_mismatches(drifted)
+    assert violation.package == "cuda-cudart"
+    assert violation.versions == {LINUX_124: "12.4.127", arm_124: "12.4.99"}

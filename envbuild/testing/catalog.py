@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from envbuild.testing.channel import Package, write_channel
@@ -84,9 +84,9 @@ def system_packages(subdir: str) -> Iterator[Package]:
     )
 
 
-def python_packages(subdir: str) -> Iterator[Package]:
-    """CPython interpreters and their python_abi pins."""
-    for py, full in PYTHONS.items():
+def python_packages(subdir: str, pythons: Mapping[str, str] = PYTHONS) -> Iterator[Package]:
+    """CPython interpreters (``pythons``: X.Y -> full version) and their python_abi pins."""
+    for py, full in pythons.items():
         tag = f"cp{py.replace('.', '')}"
         yield Package(
             name="python_abi",
