@@ -216,6 +216,7 @@ class ExportFormat(StrEnum):
     explicit = "explicit"
     environment = "environment"
     pixi = "pixi"
+    role_file = "role-file"
 
 
 RoleOption = Annotated[
@@ -239,7 +240,8 @@ def export(
         typer.Option(
             "--format",
             help="conda-lock (one variant, all its platforms), explicit (@EXPLICIT urls), "
-            "environment (environment.yml with exact pins), pixi (every variant and platform).",
+            "environment (environment.yml with exact pins), pixi (every variant and platform), "
+            "role-file (the role's GPU requirements for `python -m envbuild.gpucheck`).",
         ),
     ],
     role: RoleOption = None,

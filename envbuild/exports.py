@@ -7,10 +7,13 @@ Rendering is pure (lock in, text out); ``export`` writes atomically. Formats:
 - ``conda-lock``: a conda-lock.yml for one variant, every platform of the role (conda-lock
   allows one entry per package and platform, so CUDA variants go to separate files)
 - ``pixi``: a pixi.lock-format file with one environment per variant, every platform
+- ``role-file``: a role's GPU requirements as JSON, the file the GPU check reads at container
+  start (``/etc/envbuild/role.json``, see envbuild.gpucheck)
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +26,8 @@ from envbuild.consistency import dependency_name
 from envbuild.errors import OutputError, SelectionError
 from envbuild.lockfile import Lock, LockedPackage, LockedTarget
 
-Format = Literal["conda-lock", "explicit", "environment", "pixi"]
-FORMATS: tuple[Format, ...] = ("conda-lock", "explicit", "environment", "pixi")
+Format = Literal["conda-lock", "explicit", "environment", "pixi", "role-file"]
+FORMATS: tuple[Format, ...] = ("conda-lock", "explicit", "environment", "pixi", "role-file")
 
 
 def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
@@ -44,6 +47,20 @@ def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
             ordered.append(by_name[name])
             done.add(name)
     return ordered
+
+
+def render_role_file(lock: Lock, role: str) -> str:
+    """The role's requirements for the GPU check (JSON; no CUDA for a CPU role)."""
+    locked = lock.role(role)
+    document = {
+        "role": locked.name,
+        "variant": locked.variant,
+        "cuda": locked.cuda,
+        "compute-capability": locked.compute_capability,
+        "gpus": locked.gpus or 1,
+        "lock": lock.spec_hash,
+    }
+    return json.dumps(document, indent=2) + "\n"
 
 
 def _header(source: str, what: str) -> str:
@@ -110,6 +127,10 @@ def render(
     current_platform: str,
 ) -> str:
     """The text of an export (every format but pixi, which rattler writes to a file)."""
+    if fmt == "role-file":
+        if role is None:
+            raise SelectionError("choose a role with --role")
+        return render_role_file(lock, role)
     if fmt == "conda-lock":
         from envbuild.condalock import render_conda_lock
 

@@ -318,3 +318,24 @@ def test_pure_rules() -> None:
     assert driver_problem(Driver("440.33", (11, 0)), (11, 8)) == (
         "driver 440.33 is older than 450, the oldest that runs CUDA 11.x: upgrade the driver"
     )
+
+
+def test_the_role_file_exported_from_the_lock_drives_the_check(
+    locked: Path, envbuild: Callable[..., object], check: Check, tmp_path: Path
+) -> None:
+    role_file = tmp_path / "role.json"
+    result = envbuild(
+        "export", "--format", "role-file", "--role", "worker", "-o", role_file, "-f", locked
+    )
+    assert result.exit_code == 0  # type: ignore[attr-defined]
+    assert json.loads(role_file.read_text())["compute-capability"] == ">=8.0"
+
+    on_a100 = check(gpus=(A100,), ENVBUILD_ROLE_FILE=str(role_file))
+    on_t4 = check(gpus=(T4,), ENVBUILD_ROLE_FILE=str(role_file))
+
+    assert on_a100.returncode == 0
+    assert "role=worker variant=cuda-12.4 needs compute capability >=8.0" in on_a100.stdout
+    assert on_t4.returncode == 22
+    client = tmp_path / "client.json"
+    envbuild("export", "--format", "role-file", "--role", "client", "-o", client, "-f", locked)
+    assert check(driver_present=False, ENVBUILD_ROLE_FILE=str(client)).returncode == 0
