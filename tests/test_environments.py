@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -249,3 +249,60 @@ def test_an_archive_replaced_after_it_was_verified_is_caught(
     refused = env(envbuild, locked, tmp_path / "second")
 
     assert refused.exit_code == 11 and "toolz=0.12.1=pyhd8ed1ab_0" in refused.stderr
+
+
+@pytest.fixture
+def http_channel(scenario: Callable[..., Path]) -> Iterator[tuple[Path, str]]:
+    """The dask-gpu scenario with its channel served over HTTP on 127.0.0.1."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    spec = scenario("dask-gpu")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(spec.parent / "channel"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    spec.write_text(spec.read_text().replace("[./channel]", f"['{url}']"))
+    try:
+        yield spec, url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_downloaded_archive_that_changed_is_refused(
+    http_channel: tuple[Path, str], envbuild: Callable[..., Result], tmp_path: Path
+) -> None:
+    spec, url = http_channel
+    lock(spec)
+    assert json.loads((spec.parent / "envbuild.lock").read_text())["channels"] == [url]
+    assert env(envbuild, spec, tmp_path / "first", "--cache-dir", tmp_path / "c1").exit_code == 0
+
+    archive = spec.parent / "channel" / "noarch" / "toolz-0.12.1-pyhd8ed1ab_0.tar.bz2"
+    archive.write_bytes(
+        archive_bytes(
+            Package(
+                name="toolz",
+                version="0.12.1",
+                build="pyhd8ed1ab_0",
+                noarch="python",
+                files={"site-packages/toolz/__init__.py": "evil = True\n"},
+            )
+        )
+    )
+    refused = env(envbuild, spec, tmp_path / "second", "--cache-dir", tmp_path / "c2")
+
+    assert refused.exit_code == 11
+    assert refused.stderr.startswith(
+        "envbuild: error: toolz-0.12.1-pyhd8ed1ab_0.tar.bz2: the archive's sha256 does not "
+        "match the lock; refusing to install it"
+    )
+    assert "hash mismatch" in refused.stderr  # rattler's own words follow
+    assert not (tmp_path / "second" / MARKER).exists()
