@@ -285,7 +285,7 @@ def env(
         Path | None,
         typer.Option(
             "--cache-dir",
-            help="Package cache (default: $ENVBUILD_CACHE_DIR or ~/.cache/envbuild/pkgs).",
+            help="Package cache (default: pkgs/ under $ENVBUILD_CACHE_DIR or ~/.cache/envbuild).",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,

@@ -123,7 +123,9 @@ class Solver:
         if self._gateway is None:
             from rattler import Gateway
 
-            self._gateway = Gateway()
+            from envbuild.cache import repodata_cache
+
+            self._gateway = Gateway(cache_dir=repodata_cache())
         return self._gateway
 
     async def solve(

@@ -21,19 +21,12 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from envbuild.atomic import write_atomic
+from envbuild.cache import package_cache
 from envbuild.errors import InstallError, OutputError, PrefixMismatchError
 from envbuild.lockfile import Lock, LockedPackage, LockedTarget
 
 MARKER = Path("conda-meta") / "envbuild.json"
 _NOT_RECORDS = {"envbuild.json", "history"}
-
-
-def default_cache_dir() -> Path:
-    """envbuild's own package cache: only archives it verified are ever extracted into it."""
-    if os.environ.get("ENVBUILD_CACHE_DIR"):
-        return Path(os.environ["ENVBUILD_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "envbuild" / "pkgs"
 
 
 def fingerprint(packages: Iterable[LockedPackage]) -> str:
@@ -335,7 +328,7 @@ def create_env(
     reinstall = {c.name for c in report.changed} if report else set()
     needed = (set(report.missing) | reinstall) if report else {p.name for p in target.packages}
     to_fetch = [p for p in target.packages if p.name in needed]
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or package_cache()
     check_local_archives(to_fetch, cache_dir)
 
     from envbuild import conda
