@@ -83,9 +83,20 @@ def _version(text: str) -> str:
     return text
 
 
+_TOKEN_SEGMENT = re.compile(r"/t/[^/]+/")
+
+
 def _channel(text: str) -> str:
     if not text.strip() or any(c.isspace() for c in text):
         raise ValueError(f"'{text}' is not a channel name, URL or path")
+    _, _, rest = text.partition("://")
+    if rest and ("@" in rest.split("/")[0] or _TOKEN_SEGMENT.search("/" + rest)):
+        # Never echo the secret itself: the message names the problem and the fix.
+        raise ValueError(
+            "a channel URL carries credentials, which would land in envbuild.lock and every "
+            "export: remove them and keep them in rattler's credential store "
+            "(RATTLER_AUTH_FILE)"
+        )
     return text
 
 

@@ -124,6 +124,20 @@ def test_errors_name_the_line_and_the_fix(old: str, new: str, expected: str) -> 
     assert expected in error_of(MINIMAL.replace(old, new, 1))
 
 
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "https://user:s3cret@conda.example.com/internal",
+        "https://conda.anaconda.org/t/tk-123/private",
+    ],
+)
+def test_channels_with_credentials_are_refused_without_echoing_them(channel: str) -> None:
+    message = error_of(MINIMAL.replace("[conda-forge]", f"['{channel}']"))
+    assert "envbuild.yaml:2: channels[0]: a channel URL carries credentials" in message
+    assert "RATTLER_AUTH_FILE" in message
+    assert "s3cret" not in message and "tk-123" not in message
+
+
 def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
     assert "a spec is a mapping" in error_of("- a list\n")
     with pytest.raises(SpecError, match=r"no such spec file .*envbuild init"):
