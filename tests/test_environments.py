@@ -15,6 +15,16 @@ from envbuild.locking import lock
 from envbuild.testing.channel import Package, archive_bytes
 
 WORKER_PACKAGES = 21
+#: toolz as the channel might serve it after the lock: same name, other bytes.
+TAMPERED_TOOLZ = archive_bytes(
+    Package(
+        name="toolz",
+        version="0.12.1",
+        build="pyhd8ed1ab_0",
+        noarch="python",
+        files={"site-packages/toolz/__init__.py": "evil = True\n"},
+    )
+)
 
 
 def env(envbuild: Callable[..., Result], spec: Path, prefix: Path, *more: object) -> Result:
@@ -91,17 +101,7 @@ def test_an_archive_that_changed_since_the_lock_is_refused(
 ) -> None:
     archive = locked.parent / "channel" / "noarch" / "toolz-0.12.1-pyhd8ed1ab_0.tar.bz2"
     good = archive.read_bytes()
-    archive.write_bytes(
-        archive_bytes(
-            Package(
-                name="toolz",
-                version="0.12.1",
-                build="pyhd8ed1ab_0",
-                noarch="python",
-                files={"site-packages/toolz/__init__.py": "evil = True\n"},
-            )
-        )
-    )
+    archive.write_bytes(TAMPERED_TOOLZ)
     prefix = tmp_path / "worker"
 
     refused = env(envbuild, locked, prefix)
@@ -286,17 +286,7 @@ def test_a_downloaded_archive_that_changed_is_refused(
     assert env(envbuild, spec, tmp_path / "first", "--cache-dir", tmp_path / "c1").exit_code == 0
 
     archive = spec.parent / "channel" / "noarch" / "toolz-0.12.1-pyhd8ed1ab_0.tar.bz2"
-    archive.write_bytes(
-        archive_bytes(
-            Package(
-                name="toolz",
-                version="0.12.1",
-                build="pyhd8ed1ab_0",
-                noarch="python",
-                files={"site-packages/toolz/__init__.py": "evil = True\n"},
-            )
-        )
-    )
+    archive.write_bytes(TAMPERED_TOOLZ)
     refused = env(envbuild, spec, tmp_path / "second", "--cache-dir", tmp_path / "c2")
 
     assert refused.exit_code == 11
