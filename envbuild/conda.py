@@ -180,14 +180,19 @@ class Solver:
 
 
 def _channel_error(exc: Exception, channels: Sequence[str]) -> Exception:
-    """A gateway failure as a ChannelError naming the channel, when it is one."""
+    """A gateway failure as a ChannelError naming the channel and the root cause."""
     from rattler.exceptions import FetchRepoDataError, GatewayError, InvalidChannelError
 
     if not isinstance(exc, GatewayError | FetchRepoDataError | InvalidChannelError):
         return exc
     text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return ChannelError(f"cannot read channel: {first}", details=text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = lines[-1].removeprefix("Caused by: ") if lines else type(exc).__name__
+    channel = next((c for c in channels if c.rstrip("/") in text), None)
+    if channel is None and len(channels) == 1:
+        channel = channels[0]
+    where = f"channel {channel}" if channel else f"one of the channels ({', '.join(channels)})"
+    return ChannelError(f"cannot read {where}: {cause}", details=text)
 
 
 def current_platform() -> str:

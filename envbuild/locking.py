@@ -58,13 +58,11 @@ def plan_for(spec_file: SpecFile) -> Plan:
 
     spec = spec_file.spec
     channels = spec_file.channel_urls()
-    for index, url in enumerate(channels):
-        if url.startswith("file://") and not Path(url2pathname(urlparse(url).path)).is_dir():
-            raise ChannelError(
-                f"{spec_file.where(('channels', index))}: channel '{spec.channels[index]}' "
-                f"does not exist ({url})"
-            )
     variants = derive_variants(spec)
+    platforms = sorted({p for v in variants for p in v.platforms})
+    for index, url in enumerate(channels):
+        if url.startswith("file://"):
+            _check_local_channel(spec_file, index, url, platforms)
     requests = tuple(
         TargetRequest(
             target=target,
@@ -77,7 +75,6 @@ def plan_for(spec_file: SpecFile) -> Plan:
         for variant in variants
         for target in variant.targets()
     )
-    platforms = sorted({p for v in variants for p in v.platforms})
     return Plan(
         channels=tuple(channels),
         requests=requests,
@@ -85,6 +82,21 @@ def plan_for(spec_file: SpecFile) -> Plan:
         gpu_dependencies=frozenset(match_spec_name(s) for s in spec.gpu_dependencies),
         allow_platform_divergence=frozenset(spec.allow_platform_divergence),
     )
+
+
+def _check_local_channel(spec_file: SpecFile, index: int, url: str, platforms: list[str]) -> None:
+    """A local channel must exist and index every subdir solved (rattler's own error about it
+    varies with what the process did before and may not name the channel)."""
+    where = f"{spec_file.where(('channels', index))}: channel '{spec_file.spec.channels[index]}'"
+    folder = Path(url2pathname(urlparse(url).path))
+    if not folder.is_dir():
+        raise ChannelError(f"{where} does not exist ({url})")
+    for subdir in [*platforms, "noarch"]:
+        if not (folder / subdir / "repodata.json").is_file():
+            raise ChannelError(
+                f"{where} has no {subdir}/repodata.json ({folder}); index it with conda-index "
+                "or rattler-index"
+            )
 
 
 def _roles(spec_file: SpecFile, variants: Sequence[Variant]) -> tuple[LockedRole, ...]:

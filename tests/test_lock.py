@@ -450,3 +450,19 @@ def test_a_variant_that_cannot_follow_is_a_consistency_error(
     error = next(x for x in result.stderr.splitlines() if x.startswith("envbuild: error"))
     assert "cpu/linux-64 cannot use the versions and builds chosen for cuda-12.4/linux-64" in error
     assert not (spec.parent / "envbuild.lock").exists()
+
+
+def test_a_broken_channel_is_a_channel_error_naming_it(
+    scenario: Callable[..., Path], envbuild: Callable[..., Result]
+) -> None:
+    spec = scenario("dask-gpu")
+    (spec.parent / "channel" / "noarch" / "repodata.json").unlink()
+
+    result = envbuild("lock", "-q", "-f", spec)
+
+    assert result.exit_code == 6
+    assert result.stderr == (
+        f"envbuild: error: {spec}:3: channel './channel' has no noarch/repodata.json "
+        f"({spec.parent / 'channel'}); index it with conda-index or rattler-index\n"
+    )
+    assert not (spec.parent / "envbuild.lock").exists()
