@@ -203,3 +203,13 @@ def test_a_gpu_dependency_may_pick_the_cuda_build_of_a_dependency() -> None:
     )
     spec = parse_spec(text, Path("envbuild.yaml")).spec
     assert spec.gpu_dependencies == ["pytorch * cuda*"]
+
+
+def test_the_readme_spec_example_is_valid(tmp_path: Path) -> None:
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"### The spec\n\n```yaml\n(.*?)```", readme, re.S)
+    assert block, "README.md lost its spec example"
+    spec = parse_spec(block.group(1), tmp_path / "envbuild.yaml").spec
+    assert spec.roles.worker.gpu is not None and spec.roles.worker.gpu.cuda == "12.4"
