@@ -197,14 +197,9 @@ def show(
     variants (and why it may)."""
     from envbuild import locking, report
     from envbuild.lockfile import read_lock
-    from envbuild.spec import load_spec
 
-    path = lock_path or locking.default_lock_path(spec_path)
-    current = read_lock(path)
-    fresh = None
-    if spec_path.exists():
-        fresh = load_spec(spec_path).content_hash == current.spec_hash
-    summary = report.summarize(current, fresh=fresh)
+    current = read_lock(lock_path or locking.default_lock_path(spec_path))
+    summary = report.summarize(current, fresh=locking.freshness(spec_path, current))
     if as_json:
         _print_json(summary)
     else:

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from envbuild.errors import ChannelError, InstallError, SolveError
 from envbuild.lockfile import LockedPackage
@@ -43,29 +43,7 @@ def sort_versions(versions: Iterable[str]) -> list[str]:
 
 def from_rattler(record: RepoDataRecord) -> LockedPackage:
     """A solver record as envbuild stores it."""
-    data: dict[str, Any] = json.loads(record.to_json())
-    features = data.get("track_features") or ()
-    if isinstance(features, str):
-        features = features.replace(",", " ").split()
-    return LockedPackage(
-        name=data["name"],
-        version=data["version"],
-        build=data["build"],
-        build_number=int(data.get("build_number", 0)),
-        subdir=data["subdir"],
-        url=data["url"],
-        channel=str(data.get("channel") or "").rstrip("/"),
-        file_name=data["fn"],
-        sha256=data.get("sha256") or "",
-        md5=data.get("md5") or "",
-        size=data.get("size"),
-        depends=tuple(data.get("depends") or ()),
-        constrains=tuple(data.get("constrains") or ()),
-        noarch=data.get("noarch") if isinstance(data.get("noarch"), str) else None,
-        license=data.get("license"),
-        timestamp=data.get("timestamp"),
-        track_features=tuple(features),
-    )
+    return LockedPackage.from_dict(json.loads(record.to_json()))
 
 
 def to_rattler(package: LockedPackage) -> RepoDataRecord:
@@ -96,8 +74,7 @@ def to_rattler(package: LockedPackage) -> RepoDataRecord:
 class Solver:
     """Solves targets against channels; one instance shares repodata across solves.
 
-    Use it as an async context manager so the Gateway and its repodata are released when the
-    solving is done. A process must not begin interpreter shutdown right after a solve:
+    A process must not begin interpreter shutdown right after a solve:
     rattler's runtime threads may still be dropping Python objects, and the race can abort
     the process after its work is done ("Fatal Python error: PyGILState_Release ...
     finalizing"). Seen here with a script that exits right after three solves: 5 of 150 runs
@@ -107,16 +84,6 @@ class Solver:
 
     def __init__(self) -> None:
         self._gateway: Gateway | None = None
-
-    async def __aenter__(self) -> Solver:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the Gateway and the repodata it holds."""
-        self._gateway = None
 
     @property
     def gateway(self) -> Gateway:
@@ -255,13 +222,12 @@ def write_pixi_lock(
     """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages)."""
     from rattler import LockChannel, LockFile, LockPlatform, Subdir
 
-    platforms = sorted({p for env in environments.values() for p in env})
-    declared = {
-        p: next(vps for env in environments.values() if p in env for vps in [env[p][0]])
-        for p in platforms
-    }
+    declared: dict[str, Sequence[str]] = {}  # a platform's virtual packages (same per variant)
+    for by_platform in environments.values():
+        for platform, (virtual_packages, _) in by_platform.items():
+            declared.setdefault(platform, virtual_packages)
     lock_platforms = {
-        p: LockPlatform(p, Subdir(p), virtual_packages=list(declared[p])) for p in platforms
+        p: LockPlatform(p, Subdir(p), virtual_packages=list(declared[p])) for p in sorted(declared)
     }
     lock = LockFile(list(lock_platforms.values()))
     for name, by_platform in environments.items():

@@ -15,10 +15,9 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 from envbuild.atomic import write_atomic
 from envbuild.cache import package_cache
@@ -104,16 +103,7 @@ class VerifyReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "prefix": str(self.prefix),
-            "target": self.target,
-            "clean": self.clean,
-            "missing": list(self.missing),
-            "extra": list(self.extra),
-            "changed": [c.__dict__ for c in self.changed],
-            "marker": self.marker,
-            "files": list(self.files),
-        }
+        return {**asdict(self), "prefix": str(self.prefix), "clean": self.clean}
 
 
 def compare(
@@ -197,11 +187,6 @@ def verify_prefix(
 # --- creating an environment --------------------------------------------------------------------
 
 
-def _local_path(url: str) -> Path | None:
-    parsed = urlparse(url)
-    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
-
-
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -235,7 +220,7 @@ def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> 
         index = {}
     unknown = []  # archives not verified before, or changed since
     for package in packages:
-        path = _local_path(package.url)
+        path = package.local_path
         if path is None:
             continue
         try:

@@ -93,9 +93,14 @@ def render_environment(
     return _header(source, what) + f"# platform: {target.platform}\n" + body
 
 
-def _role_targets(lock: Lock, role: str | None, platform: str | None) -> list[LockedTarget]:
+def _required(lock: Lock, role: str | None) -> str:
     if role is None:
         raise SelectionError(f"choose a role with --role ({', '.join(r.name for r in lock.roles)})")
+    return role
+
+
+def _role_targets(lock: Lock, role: str | None, platform: str | None) -> list[LockedTarget]:
+    role = _required(lock, role)
     locked_role = lock.role(role)
     platforms = [platform] if platform else list(locked_role.platforms)
     return [lock.role_target(role, p) for p in platforms]
@@ -128,16 +133,15 @@ def render(
 ) -> str:
     """The text of an export (every format but pixi, which rattler writes to a file)."""
     if fmt == "role-file":
-        if role is None:
-            raise SelectionError("choose a role with --role")
-        return render_role_file(lock, role)
+        return render_role_file(lock, _required(lock, role))
     if fmt == "conda-lock":
         from envbuild.condalock import render_conda_lock
 
         targets = _role_targets(lock, role, platform)
-        variant = targets[0].variant
-        return render_conda_lock(
-            lock, targets, source=source, what=f"role {role}, variant {variant}"
+        return (
+            _header(source, f"role {role}, variant {targets[0].variant}")
+            + "# Install it with: conda-lock install -n YOURENV THIS_FILE\n"
+            + render_conda_lock(lock, targets, source=source)
         )
     target = _single_target(lock, role, platform, current_platform)
     what = f"role {role}, variant {target.variant}, {target.platform}"

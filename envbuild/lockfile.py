@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from envbuild.atomic import write_atomic
 from envbuild.errors import LockFileError, SelectionError
@@ -88,25 +90,35 @@ class LockedPackage:
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> LockedPackage:
+        """From a lock entry, or from a repodata record (rattler's ``to_json()``)."""
+        features = entry.get("track_features") or ()
+        if isinstance(features, str):  # repodata writes "a b" or "a,b"
+            features = features.replace(",", " ").split()
+        noarch = entry.get("noarch")
         return cls(
             name=entry["name"],
             version=entry["version"],
             build=entry["build"],
-            build_number=int(entry["build_number"]),
+            build_number=int(entry.get("build_number", 0)),
             subdir=entry["subdir"],
             url=entry["url"],
-            channel=entry["channel"],
+            channel=str(entry.get("channel") or "").rstrip("/"),
             file_name=entry["fn"],
-            sha256=entry["sha256"],
-            md5=entry["md5"],
+            sha256=entry.get("sha256") or "",
+            md5=entry.get("md5") or "",
             size=entry.get("size"),
             depends=tuple(entry.get("depends") or ()),
             constrains=tuple(entry.get("constrains") or ()),
-            noarch=entry.get("noarch"),
+            noarch=noarch if isinstance(noarch, str) else None,  # old-style noarch: true
             license=entry.get("license"),
             timestamp=entry.get("timestamp"),
-            track_features=tuple(entry.get("track_features") or ()),
+            track_features=tuple(features),
         )
+
+    @property
+    def local_path(self) -> Path | None:
+        """The archive's path when it is on this machine (a ``file://`` url)."""
+        return local_path(self.url)
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,6 @@ class Lock:
     channels: tuple[str, ...]
     roles: tuple[LockedRole, ...]
     targets: tuple[LockedTarget, ...]
-    variant_cuda: Mapping[str, str | None] = field(default_factory=dict)
     #: package names of the spec's gpu-dependencies (allowed to exist in CUDA variants only)
     gpu_dependencies: tuple[str, ...] = ()
 
@@ -179,11 +190,21 @@ class Lock:
             )
         return self.target(Target(locked_role.variant, platform))
 
+    def variant_cuda(self, variant: str) -> str | None:
+        """The CUDA version of a variant (every variant is some role's)."""
+        return next(r.cuda for r in self.roles if r.variant == variant)
+
     def by_target(self) -> dict[Target, tuple[LockedPackage, ...]]:
         return {t.target: t.packages for t in self.targets}
 
 
 # --- serialisation ---
+
+
+def local_path(url: str) -> Path | None:
+    """The path a ``file://`` URL names; None for any other URL."""
+    parsed = urlparse(url)
+    return Path(url2pathname(parsed.path)) if parsed.scheme == "file" else None
 
 
 def to_document(lock: Lock) -> dict[str, Any]:
@@ -193,7 +214,7 @@ def to_document(lock: Lock) -> dict[str, Any]:
         variant = variants.setdefault(
             locked.variant,
             {
-                "cuda": lock.variant_cuda.get(locked.variant),
+                "cuda": lock.variant_cuda(locked.variant),
                 "specs": list(locked.specs),
                 "targets": {},
             },
@@ -282,9 +303,7 @@ def _from_document(doc: Mapping[str, Any]) -> Lock:
         for target in entry["targets"]:
             members.setdefault(Target.parse(target), []).append(package)
     targets = []
-    variant_cuda: dict[str, str | None] = {}
     for variant_name, variant in doc["variants"].items():
-        variant_cuda[variant_name] = variant["cuda"]
         for platform, info in variant["targets"].items():
             target = Target(variant_name, platform)
             targets.append(
@@ -314,7 +333,6 @@ def _from_document(doc: Mapping[str, Any]) -> Lock:
         channels=tuple(doc["channels"]),
         roles=roles,
         targets=tuple(sorted(targets, key=lambda t: t.target)),
-        variant_cuda=variant_cuda,
         gpu_dependencies=tuple(doc["gpu-dependencies"]),
     )
 

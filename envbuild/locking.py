@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from envbuild.errors import ChannelError, LockStaleError, SelectionError
 from envbuild.lockfile import (
@@ -18,6 +16,7 @@ from envbuild.lockfile import (
     LockedRole,
     LockedTarget,
     Target,
+    local_path,
     read_lock,
     write_lock,
 )
@@ -88,8 +87,8 @@ def _check_local_channel(spec_file: SpecFile, index: int, url: str, platforms: l
     """A local channel must exist and index every subdir solved (rattler's own error about it
     varies with what the process did before and may not name the channel)."""
     where = f"{spec_file.where(('channels', index))}: channel '{spec_file.spec.channels[index]}'"
-    folder = Path(url2pathname(urlparse(url).path))
-    if not folder.is_dir():
+    folder = local_path(url)
+    if folder is None or not folder.is_dir():
         raise ChannelError(f"{where} does not exist ({url})")
     for subdir in [*platforms, "noarch"]:
         if not (folder / subdir / "repodata.json").is_file():
@@ -181,7 +180,6 @@ def lock(
             )
             for request in plan.requests
         ),
-        variant_cuda={v.name: v.cuda for v in variants},
         gpu_dependencies=tuple(sorted(plan.gpu_dependencies)),
     )
     written = write_lock(lock_path, new_lock)
@@ -215,6 +213,13 @@ def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
     if stale:
         raise stale
     return current
+
+
+def freshness(spec_path: Path, current: Lock) -> bool | None:
+    """Whether ``current`` matches the spec at ``spec_path`` (None: no spec to compare with)."""
+    if not spec_path.exists():
+        return None
+    return load_spec(spec_path, full=False).content_hash == current.spec_hash
 
 
 def fresh_lock(spec_path: Path, lock_path: Path | None = None) -> Lock:

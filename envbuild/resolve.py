@@ -276,5 +276,4 @@ async def resolve(
     preferred: Mapping[Target, Sequence[LockedPackage]] | None = None,
 ) -> Resolution:
     """Solve every target of ``plan`` into one consistent environment."""
-    async with Solver() as solver:
-        return await _Resolver(plan, solver, preferred or {}, reporter).run()
+    return await _Resolver(plan, Solver(), preferred or {}, reporter).run()

@@ -243,17 +243,9 @@ class SpecFile:
     spec: Spec
     lines: dict[Loc, int]  # location in the document -> 1-based line
 
-    def line_of(self, loc: Loc) -> int | None:
-        """The line of the deepest known location on the way to ``loc``."""
-        for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return None
-
     def where(self, loc: Loc) -> str:
         """``"envbuild.yaml:7"`` for a location in the document."""
-        line = self.line_of(loc)
-        return f"{self.path}:{line}" if line else str(self.path)
+        return _where(self.path, self.lines, loc)
 
     @property
     def content_hash(self) -> str:
@@ -279,6 +271,14 @@ class SpecFile:
     def channel_urls(self) -> list[str]:
         """Channels as URLs: names via conda.anaconda.org, paths relative to the spec file."""
         return [resolve_channel(c, self.path.parent) for c in self.spec.channels]
+
+
+def _where(path: Path, lines: dict[Loc, int], loc: Loc) -> str:
+    """``"envbuild.yaml:7"``: the line of the deepest known location on the way to ``loc``."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return f"{path}:{lines[loc[:end]]}"
+    return str(path)
 
 
 def spec_hash(spec: Spec) -> str:
@@ -390,7 +390,7 @@ def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         first = errors[0]
         loc = tuple(first["loc"])
-        where = SpecFile(path, Spec.model_construct(), lines).where(loc)
+        where = _where(path, lines, loc)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SpecError(f"{where}: {_dotted(loc)}: {_describe_error(first)}{more}") from None
     spec_file = SpecFile(path=path, spec=spec, lines=lines)

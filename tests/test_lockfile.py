@@ -34,7 +34,6 @@ def sample_lock() -> Lock:
                 tuple(sorted(GPU_124)),
             ),
         ),
-        variant_cuda={"cpu": None, "cuda-12.4": "12.4"},
         gpu_dependencies=("cupy",),
     )
 
