@@ -101,9 +101,10 @@ def forge_packages() -> list[Package]:
     return packages
 
 
-def write_forge(root: Path) -> tuple[str, int, int]:
-    """Write the channel under ``root``; return its URL, its record and name counts."""
-    packages = forge_packages()
+def write_forge(root: Path, extra: tuple[Package, ...] = ()) -> tuple[str, int, int]:
+    """Write the channel (plus ``extra``) under ``root``; return its URL, record and name
+    counts."""
+    packages = [*forge_packages(), *extra]
     url = write_channel(root, packages, subdirs=(*PLATFORMS, "noarch"), archives=False)
     return url, len(packages), len({p.name for p in packages})
 

@@ -7,11 +7,12 @@ of envbuild sees LockedPackage and plain strings.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envbuild.errors import ChannelError, InstallError, SolveError
 from envbuild.lockfile import LockedPackage
@@ -34,11 +35,21 @@ def match_spec_name(text: str) -> str:
     return name
 
 
-def sort_versions(versions: Iterable[str]) -> list[str]:
-    """Versions in conda's order, oldest first."""
+@functools.lru_cache(maxsize=1 << 16)
+def version_key(text: str) -> Any:
+    """A key that orders and equates versions as conda does (``1.0`` equals ``1.0.0``)."""
     from rattler import Version
 
-    return sorted(set(versions), key=Version)
+    return Version(text)
+
+
+def sort_versions(versions: Iterable[str]) -> list[str]:
+    """Distinct versions (by conda's equality, first spelling kept) in conda's order, oldest
+    first."""
+    distinct: dict[Any, str] = {}
+    for version in versions:
+        distinct.setdefault(version_key(version), version)
+    return sorted(distinct.values(), key=version_key)
 
 
 def from_rattler(record: RepoDataRecord) -> LockedPackage:

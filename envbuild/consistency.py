@@ -4,10 +4,15 @@
    it belongs to the CUDA runtime itself (``cuda-version``, ``cudatoolkit``, and packages built
    for one CUDA minor, like ``cuda-cudart``: the variants exist to differ there), and the same
    build unless it is CUDA-dependent (it is, or depends on, ``cuda-version``, ``cudatoolkit``
-   or ``__cuda``, directly or through other packages). A package present in only some
-   variants must be a gpu-dependency, CUDA-dependent, or required by one of those.
+   or ``__cuda``, directly or through other packages) in one of them. A package present in
+   only some variants must be explained by the GPU stack: a gpu-dependency, a CUDA-dependent
+   package, or a dependency pulled in by one of those. That includes what the CPU build of a
+   package that is CUDA-dependent elsewhere pulls in (xgboost's CPU build needs openblas,
+   its CUDA build does not).
 2. Different platforms: a package name gets one version everywhere, unless the spec lists it
    under ``allow-platform-divergence``.
+
+Versions are compared with conda's semantics (``1.0`` equals ``1.0.0``), never as text.
 
 Pure functions over locked packages; the resolver uses them to steer solves, ``show`` to
 explain differences, and tests compare records directly rather than trusting this module.
@@ -16,9 +21,12 @@ explain differences, and tests compare records directly rather than trusting thi
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+from envbuild.conda import version_key
 from envbuild.lockfile import LockedPackage, Target
 from envbuild.matchspec import package_name
 
@@ -31,6 +39,16 @@ Solution = Mapping[Target, Sequence[LockedPackage]]
 def dependency_name(spec: str) -> str:
     """``"python >=3.9"`` -> ``"python"``."""
     return package_name(spec) or spec.strip().lower()
+
+
+def same_version(first: str, second: str) -> bool:
+    """Whether two version strings are equal for conda (``1.0`` and ``1.0.0`` are)."""
+    return first == second or version_key(first) == version_key(second)
+
+
+def distinct_versions(versions: Iterable[str]) -> int:
+    """How many different versions, by conda's equality."""
+    return len({version_key(v) for v in versions})
 
 
 def cuda_dependent(packages: Iterable[LockedPackage]) -> dict[str, str]:
@@ -98,6 +116,136 @@ def required_by(packages: Iterable[LockedPackage], roots: Collection[str]) -> di
 
 
 @dataclass(frozen=True)
+class _TargetAnalysis:
+    """Per target: its packages, which are CUDA-dependent or CUDA runtime, and what the GPU
+    stack pulls in."""
+
+    variant: str
+    packages: Mapping[str, LockedPackage]
+    cuda: Mapping[str, str]
+    runtime: Mapping[str, str]
+    gpu_stack: Mapping[str, str]
+
+    @classmethod
+    def of(
+        cls,
+        target: Target,
+        packages: Sequence[LockedPackage],
+        gpu_dependencies: Collection[str],
+        cuda_elsewhere: Collection[str] = (),
+    ) -> _TargetAnalysis:
+        cuda = cuda_dependent(packages)
+        names = {p.name for p in packages}
+        roots = (set(cuda) | set(gpu_dependencies) | set(cuda_elsewhere)) & names
+        by_name = {p.name: p for p in packages}
+        return cls(
+            target.variant, by_name, cuda, cuda_runtime(packages), required_by(packages, roots)
+        )
+
+
+def _analyses(
+    solution: Solution, gpu_dependencies: Collection[str]
+) -> dict[str, dict[Target, _TargetAnalysis]]:
+    """platform -> target -> analysis. A package CUDA-dependent in one variant of a platform
+    makes what it pulls in (in any build) part of the GPU stack on that platform."""
+    by_platform: dict[str, dict[Target, _TargetAnalysis]] = {}
+    for platform in sorted({t.platform for t in solution}):
+        targets = sorted(t for t in solution if t.platform == platform)
+        first = {t: _TargetAnalysis.of(t, solution[t], gpu_dependencies) for t in targets}
+        elsewhere = set().union(*(a.cuda for a in first.values()))
+        by_platform[platform] = {
+            t: _TargetAnalysis.of(t, solution[t], gpu_dependencies, elsewhere) for t in targets
+        }
+    return by_platform
+
+
+# --- disagreements: what the resolver settles with pins ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """Targets that must share a package's version (or, on one platform, its build) but do not.
+
+    ``chosen`` holds every target of the group, including those that agree.
+    """
+
+    package: str
+    kind: Literal["version", "build"]
+    chosen: Mapping[Target, LockedPackage]
+
+    @property
+    def across_platforms(self) -> bool:
+        return len({t.platform for t in self.chosen}) > 1
+
+    def describe(self) -> str:
+        """``numpy: cpu/linux-64 has 2.0.2, cuda-12.4/linux-64 has 1.26.4``."""
+        shown = ", ".join(
+            f"{t} has {p.version}" + (f" {p.build}" if self.kind == "build" else "")
+            for t, p in sorted(self.chosen.items())
+        )
+        return f"{self.package}: {shown}"
+
+
+def disagreements(
+    solution: Solution, allow_platform_divergence: Collection[str] = ()
+) -> list[Disagreement]:
+    """Versions that differ where they must agree; then, among packages whose versions agree,
+    builds that differ between variants of one platform for a package that is not
+    CUDA-dependent. Sorted by package name."""
+    holders: dict[str, dict[Target, LockedPackage]] = {}
+    runtime: dict[Target, Mapping[str, str]] = {}
+    cuda: dict[Target, Mapping[str, str]] = {}
+    for target, packages in solution.items():
+        runtime[target] = cuda_runtime(packages)
+        cuda[target] = cuda_dependent(packages)
+        for package in packages:
+            holders.setdefault(package.name, {})[target] = package
+    found = []
+    for name, held in sorted(holders.items()):
+        for group in _version_groups(name, held, runtime, allow_platform_divergence):
+            if distinct_versions(p.version for p in group.values()) > 1:
+                found.append(Disagreement(name, "version", group))
+    settled = {d.package for d in found}
+    for name, held in sorted(holders.items()):
+        if name in settled:
+            continue
+        for platform in sorted({t.platform for t in held}):
+            group = {t: p for t, p in held.items() if t.platform == platform}
+            if len(group) < 2 or any(name in cuda[t] for t in group):
+                continue
+            if len({p.build for p in group.values()}) > 1:
+                found.append(Disagreement(name, "build", group))
+    return found
+
+
+def _version_groups(
+    name: str,
+    held: Mapping[Target, LockedPackage],
+    runtime: Mapping[Target, Mapping[str, str]],
+    allow_platform_divergence: Collection[str],
+) -> list[dict[Target, LockedPackage]]:
+    """The groups of targets that must share ``name``'s version.
+
+    The CUDA runtime follows each variant's CUDA version: it is shared across the platforms
+    of one variant only. A package allowed to diverge across platforms is shared across the
+    variants of one platform only.
+    """
+    if all(name in runtime[t] for t in held):
+        key = "variant"
+    elif name in allow_platform_divergence:
+        key = "platform"
+    else:
+        return [dict(held)] if len(held) > 1 else []
+    groups: dict[str, dict[Target, LockedPackage]] = {}
+    for target, package in held.items():
+        groups.setdefault(getattr(target, key), {})[target] = package
+    return [g for _, g in sorted(groups.items()) if len(g) > 1]
+
+
+# --- the whole invariant, with reasons ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Difference:
     """A package that differs between the variants of one platform."""
 
@@ -116,28 +264,6 @@ class Violation:
     package: str
     kind: str  # "variant-version" | "variant-build" | "variant-only" | "platform-version"
     message: str
-    #: target -> version, for platform-version violations (used to align platforms)
-    versions: Mapping[Target, str]
-
-
-@dataclass(frozen=True)
-class _TargetAnalysis:
-    """Per target: CUDA-dependent packages and what the GPU stack pulls in."""
-
-    packages: Mapping[str, LockedPackage]
-    cuda: Mapping[str, str]
-    runtime: Mapping[str, str]
-    gpu_stack: Mapping[str, str]
-
-    @classmethod
-    def of(
-        cls, packages: Sequence[LockedPackage], gpu_dependencies: Collection[str]
-    ) -> _TargetAnalysis:
-        cuda = cuda_dependent(packages)
-        names = {p.name for p in packages}
-        roots = set(cuda) | (set(gpu_dependencies) & names)
-        by_name = {p.name: p for p in packages}
-        return cls(by_name, cuda, cuda_runtime(packages), required_by(packages, roots))
 
 
 def _cuda_reason(name: str, holders: Sequence[_TargetAnalysis]) -> str | None:
@@ -162,8 +288,13 @@ def _gpu_stack_reason(
     if cuda:
         return cuda
     for holder in holders:
-        if name in holder.gpu_stack:
-            return f"required by {holder.gpu_stack[name]} (GPU stack)"
+        owner = holder.gpu_stack.get(name)
+        if owner is None:
+            continue
+        if owner in holder.cuda or owner in gpu_dependencies:
+            return f"required by {owner} (GPU stack)"
+        build = holder.packages[owner].build
+        return f"required by {owner} {build} in {holder.variant} ({owner} has CUDA builds)"
     return None
 
 
@@ -175,45 +306,32 @@ def variant_differences(solution: Solution, gpu_dependencies: Collection[str]) -
     needs a package of the GPU stack.
     """
     differences = []
-    for platform in sorted({t.platform for t in solution}):
-        targets = sorted(t for t in solution if t.platform == platform)
-        if len(targets) < 2:
+    for platform, analyses in _analyses(solution, gpu_dependencies).items():
+        if len(analyses) < 2:
             continue
-        analyses = {t.variant: _TargetAnalysis.of(solution[t], gpu_dependencies) for t in targets}
         names = sorted(set().union(*(a.packages for a in analyses.values())))
         for name in names:
-            builds = {
-                variant: (
-                    f"{a.packages[name].version} {a.packages[name].build}"
-                    if name in a.packages
-                    else None
-                )
-                for variant, a in analyses.items()
-            }
-            if len(set(builds.values())) == 1:
+            held = {a.variant: a.packages.get(name) for a in analyses.values()}
+            builds = {v: (f"{p.version} {p.build}" if p else None) for v, p in held.items()}
+            present = [p for p in held.values() if p is not None]
+            versions = distinct_versions(p.version for p in present)
+            same_builds = len({p.build for p in present}) == 1
+            if len(present) == len(held) and versions == 1 and same_builds:
                 continue
             holders = [a for a in analyses.values() if name in a.packages]
-            present = {b for b in builds.values() if b is not None}
+            presence: str | None = (
+                _gpu_stack_reason(name, holders, gpu_dependencies) if None in held.values() else ""
+            )
             reason: str | None
-            if len({b.split(" ")[0] for b in present}) > 1:
-                version_reason = _runtime_reason(name, holders)
-                presence_reason = (
-                    _gpu_stack_reason(name, holders, gpu_dependencies)
-                    if None in builds.values()
-                    else ""
-                )
-                reason = None if presence_reason is None else version_reason
+            if presence is None:
+                reason = None
+            elif versions > 1:  # the runtime's version is the more telling reason
+                reason = _runtime_reason(name, holders)
+            elif not same_builds:
+                build = _cuda_reason(name, holders)
+                reason = None if build is None else (presence or build)
             else:
-                build_reason = _cuda_reason(name, holders) if len(present) > 1 else ""
-                presence_reason = (
-                    _gpu_stack_reason(name, holders, gpu_dependencies)
-                    if None in builds.values()
-                    else ""
-                )
-                if build_reason is None or presence_reason is None:
-                    reason = None
-                else:
-                    reason = presence_reason or build_reason
+                reason = presence
             differences.append(Difference(platform, name, builds, reason))
     return differences
 
@@ -231,19 +349,18 @@ def check(
         present = {v: b for v, b in diff.builds.items() if b is not None}
         shown = ", ".join(f"{v} has {b}" for v, b in present.items())
         missing = [v for v, b in diff.builds.items() if b is None]
-        versions = {b.split(" ")[0] for b in present.values()}
-        if len(versions) > 1:
+        if distinct_versions(b.split(" ")[0] for b in present.values()) > 1:
             kind, why = "variant-version", "versions must match between variants"
         elif missing:
             kind = "variant-only"
             why = (
                 f"missing from {', '.join(missing)}, yet neither a gpu-dependency nor "
-                "required by the CUDA stack"
+                "required by the GPU stack"
             )
         else:
             kind, why = "variant-build", "builds must match unless the package is CUDA-dependent"
         violations.append(
-            Violation(diff.package, kind, f"{diff.package} on {diff.platform}: {shown} ({why})", {})
+            Violation(diff.package, kind, f"{diff.package} on {diff.platform}: {shown} ({why})")
         )
     violations.extend(platform_mismatches(solution, allow_platform_divergence))
     return violations
@@ -267,14 +384,28 @@ def platform_mismatches(
     for (name, _), seen in sorted(groups.items()):
         if name in allow_platform_divergence or len({t.platform for t in seen}) < 2:
             continue
-        if len(set(seen.values())) > 1:
+        per_platform: dict[str, set[object]] = {}
+        for target, version in seen.items():
+            per_platform.setdefault(target.platform, set()).add(version_key(version))
+        if len({frozenset(v) for v in per_platform.values()}) > 1:
             shown = ", ".join(f"{t} has {v}" for t, v in sorted(seen.items()))
             violations.append(
                 Violation(
                     name,
                     "platform-version",
                     f"{name}: {shown} (versions must match across platforms)",
-                    dict(seen),
                 )
             )
     return violations
+
+
+def most_chosen(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
+    """Distinct builds, the one most targets chose first (then the higher build number)."""
+    counts = Counter((p.version, p.build) for p in packages)
+    first: dict[tuple[str, str], LockedPackage] = {}
+    for package in packages:
+        first.setdefault((package.version, package.build), package)
+    return sorted(
+        first.values(),
+        key=lambda p: (-counts[(p.version, p.build)], -p.build_number, p.build),
+    )

@@ -25,7 +25,6 @@ from envbuild.spec import ROLES, SpecFile, load_spec
 from envbuild.variants import (
     Variant,
     derive_variants,
-    reference_variant,
     target_virtual_packages,
 )
 
@@ -70,6 +69,8 @@ def plan_for(spec_file: SpecFile) -> Plan:
                 str(vp) for vp in target_virtual_packages(spec, variant, target.platform)
             ),
             roles=variant.roles,
+            constraints=variant.constraints,
+            cuda=variant.cuda,
         )
         for variant in variants
         for target in variant.targets()
@@ -77,7 +78,6 @@ def plan_for(spec_file: SpecFile) -> Plan:
     return Plan(
         channels=tuple(channels),
         requests=requests,
-        references={p: reference_variant(variants, p).name for p in platforms},
         gpu_dependencies=frozenset(match_spec_name(s) for s in spec.gpu_dependencies),
         allow_platform_divergence=frozenset(spec.allow_platform_divergence),
     )

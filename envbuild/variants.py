@@ -14,6 +14,9 @@ from envbuild.platforms import VirtualPackage, virtual_packages
 from envbuild.spec import ROLES, Spec
 
 CPU = "cpu"
+#: A CPU variant never carries a CUDA runtime: these constraints match no package, so the
+#: solver takes CPU builds of packages that also have CUDA builds.
+CPU_EXCLUSIONS = ("cuda-version <0a0", "cudatoolkit <0a0")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,11 @@ class Variant:
 
     def targets(self) -> list[Target]:
         return [Target(self.name, p) for p in self.platforms]
+
+    @property
+    def constraints(self) -> tuple[str, ...]:
+        """Constraints every solve of this variant carries."""
+        return CPU_EXCLUSIONS if self.cuda is None else ()
 
 
 def variant_name(cuda: str | None) -> str:
@@ -77,10 +85,3 @@ def target_virtual_packages(
     return virtual_packages(
         platform, cuda=variant.cuda, linux=system.linux, glibc=system.glibc, macos=system.macos
     )
-
-
-def reference_variant(variants: tuple[Variant, ...], platform: str) -> Variant:
-    """The variant solved first on ``platform``: the newest CUDA variant, which holds the most
-    packages; the others then follow its versions and builds."""
-    on_platform = [v for v in variants if platform in v.platforms]
-    return max(on_platform, key=lambda v: _cuda_sort_key(v.cuda))

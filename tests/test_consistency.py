@@ -6,11 +6,12 @@ from envbuild.consistency import (
     check,
     cuda_dependent,
     cuda_runtime,
+    disagreements,
     platform_mismatches,
     variant_differences,
 )
 from envbuild.lockfile import LockedPackage, Target
-from envbuild.resolve import culprit, follow_constraints
+from envbuild.resolve import culprit
 
 
 def pkg(name: str, version: str = "1.0", build: str = "0", *depends: str) -> LockedPackage:
@@ -102,15 +103,54 @@ def test_versions_must_agree_across_platforms_unless_allowed() -> None:
     osx_numpy = pkg("numpy", "1.26.4", "py311h9", "python >=3.11")
     solution = {LINUX_CPU: CPU, OSX_CPU: (PYTHON, osx_numpy)}
     [violation] = platform_mismatches(solution)
-    assert violation.versions == {LINUX_CPU: "2.0.2", OSX_CPU: "1.26.4"}
+    assert violation.message.startswith("numpy: cpu/linux-64 has 2.0.2, cpu/osx-arm64 has 1.26.4")
     assert check(solution, {"cupy"}, allow_platform_divergence={"numpy"}) == []
 
 
-def test_followers_pin_builds_but_not_the_cuda_runtime() -> None:
-    constraints = follow_constraints(GPU_124)
-    assert "numpy ==2.0.2 py311h1" in constraints
-    assert "cupy ==13.3.0" in constraints  # CUDA-dependent: version only
-    assert not any(c.startswith(("cuda-version", "cuda-cudart")) for c in constraints)
+def test_versions_are_compared_as_conda_does_not_as_text() -> None:
+    # "1.0" and "1.0.0" are one version for conda, whatever each platform's build calls it.
+    linux, osx = pkg("zlib-ng", "1.0", "h1"), pkg("zlib-ng", "1.0.0", "h9")
+    solution = {LINUX_CPU: (PYTHON, linux), OSX_CPU: (PYTHON, osx)}
+    assert check(solution, set()) == []
+    assert disagreements(solution) == []
+
+
+def test_disagreements_group_the_targets_that_must_share_a_package() -> None:
+    older = pkg("numpy", "1.26.4", "py311h7", "python >=3.11")
+    other_build = pkg("numpy", "2.0.2", "py311h2_openblas", "python >=3.11")
+    solution = {LINUX_CPU: (PYTHON, older), LINUX_124: GPU_124, LINUX_128: GPU_128}
+    [version] = disagreements(solution)
+    assert (version.package, version.kind) == ("numpy", "version")
+    assert set(version.chosen) == {LINUX_CPU, LINUX_124, LINUX_128}
+    # Builds are compared only once versions agree, and never for CUDA-dependent packages or
+    # the CUDA runtime (cupy and cuda-cudart differ here, legitimately).
+    solution[LINUX_CPU] = (PYTHON, other_build)
+    [build] = disagreements(solution)
+    assert (build.package, build.kind) == ("numpy", "build")
+    # The CUDA runtime is shared within a variant only, so it is grouped per variant.
+    arm = Target("cuda-12.4", "linux-aarch64")
+    drifted = pkg("cuda-cudart", "12.4.99", "h0", "cuda-version >=12.4,<12.5.0a0")
+    solution = {LINUX_124: GPU_124, LINUX_128: GPU_128, arm: (*GPU_124[:3], drifted)}
+    [runtime] = [d for d in disagreements(solution) if d.package == "cuda-cudart"]
+    assert set(runtime.chosen) == {LINUX_124, arm}
+
+
+def test_what_only_the_cpu_build_of_a_cuda_package_needs_may_stay_in_the_cpu_variant() -> None:
+    xgb_cpu = pkg("xgboost", "2.1.1", "cpu_h1", "openblas", "python")
+    xgb_gpu = pkg("xgboost", "2.1.1", "cuda124_h1", "cuda-version >=12,<13", "python")
+    openblas = pkg("openblas", "0.3.27", "h1")
+    solution = {
+        LINUX_CPU: (PYTHON, xgb_cpu, openblas),
+        LINUX_124: (PYTHON, CUDA_VERSION_124, xgb_gpu),
+    }
+    assert check(solution, set()) == []
+    reasons = {d.package: d.reason for d in variant_differences(solution, set())}
+    assert reasons["openblas"] == ("required by xgboost cpu_h1 in cpu (xgboost has CUDA builds)")
+    # A package nothing of the GPU stack pulls in stays a violation.
+    stray = pkg("requests", "2.32.0", "pyh0")
+    solution[LINUX_CPU] = (*solution[LINUX_CPU], stray)
+    [violation] = check(solution, set())
+    assert (violation.package, violation.kind) == ("requests", "variant-only")
 
 
 def test_culprit_names_the_package_the_solver_blames() -> None:
@@ -121,7 +161,7 @@ def test_culprit_names_the_package_the_solver_blames() -> None:
     assert culprit(explanation) == "cupy cannot be installed (solver's explanation below)"
     assert culprit(None) == "the solver found no solution"
     missing = "Cannot solve the request because of: No candidates were found for fancy *."
-    assert culprit(missing) == "no package fancy in the channels for this platform"
+    assert culprit(missing) == "nothing matches 'fancy *' in the channels for this platform"
 
 
 def test_the_cuda_runtime_is_compared_across_platforms_within_each_variant() -> None:
@@ -133,4 +173,5 @@ def test_the_cuda_runtime_is_compared_across_platforms_within_each_variant() -> 
     drifted = {**solution, arm_124: (*GPU_124[:3], other_cudart, *GPU_124[4:])}
     [violation] = platform_mismatches(drifted)
     assert violation.package == "cuda-cudart"
-    assert violation.versions == {LINUX_124: "12.4.127", arm_124: "12.4.99"}
+    assert "cuda-12.4/linux-64 has 12.4.127" in violation.message
+    assert "cuda-12.4/linux-aarch64 has 12.4.99" in violation.message
