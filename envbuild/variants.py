@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from envbuild.lockfile import Target
 from envbuild.platforms import VirtualPackage, virtual_packages
-from envbuild.spec import ROLES, Spec
+from envbuild.spec import Spec
+from envbuild.specfile import ROLES
 
 CPU = "cpu"
 #: A CPU variant never carries a CUDA runtime: these constraints match no package, so the

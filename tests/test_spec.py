@@ -10,7 +10,8 @@ import pytest
 from envbuild.errors import SpecError
 from envbuild.locking import plan_for
 from envbuild.resources import SCHEMA_PATH, read_template
-from envbuild.spec import json_schema, load_spec, parse_spec, spec_hash
+from envbuild.spec import json_schema, spec_hash
+from envbuild.specfile import load_spec, parse_spec
 from envbuild.variants import derive_variants
 
 from .conftest import REPO
@@ -134,7 +135,7 @@ def test_errors_name_the_line_and_the_fix(old: str, new: str, expected: str) -> 
 )
 def test_channels_with_credentials_are_refused_without_echoing_them(channel: str) -> None:
     message = error_of(MINIMAL.replace("[conda-forge]", f"['{channel}']"))
-    assert "envbuild.yaml:2: channels[0]: a channel URL carries credentials" in message
+    assert "envbuild.yaml:2: channels[0]: a channel carries credentials" in message
     assert "RATTLER_AUTH_FILE" in message
     assert "s3cret" not in message and "tk-123" not in message
 
