@@ -140,7 +140,7 @@ class Solver:
             raise SolveError("cannot solve", details=str(exc).strip()) from None
         except Exception as exc:
             raise _channel_error(exc, channels) from None
-        return sorted(from_rattler(r) for r in records)
+        return sorted((from_rattler(r) for r in records), key=LockedPackage.sort_key)
 
     async def versions_available(
         self, channels: Sequence[str], platform: str, name: str

@@ -7,15 +7,16 @@ stored once with the targets (``variant/platform``) that contain it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from envbuild.atomic import write_atomic
+from envbuild.channels import carries_credentials
 from envbuild.errors import LockFileError, SelectionError
 
 LOCK_FILE_NAME = "envbuild.lock"
@@ -40,9 +41,13 @@ class Target:
         return cls(variant, platform)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class LockedPackage:
-    """A conda package as the lock records it: enough to install, verify and export it."""
+    """A conda package as the lock records it: enough to install, verify and export it.
+
+    Not ``order=True``: four generated comparison methods cost milliseconds at every start;
+    sort with ``sort_key``.
+    """
 
     name: str
     version: str
@@ -64,6 +69,10 @@ class LockedPackage:
 
     def __str__(self) -> str:
         return f"{self.name}={self.version}={self.build}"
+
+    def sort_key(self) -> tuple[str, str, str, int, str, str]:
+        """Packages sort by name, version, build, build number, subdir and url."""
+        return (self.name, self.version, self.build, self.build_number, self.subdir, self.url)
 
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -162,6 +171,9 @@ class Lock:
     targets: tuple[LockedTarget, ...]
     #: package names of the spec's gpu-dependencies (allowed to exist in CUDA variants only)
     gpu_dependencies: tuple[str, ...] = ()
+    #: sha256 of the spec file's bytes when it was locked: while they are unchanged, commands
+    #: know the lock is current without parsing the spec (``spec_hash`` decides otherwise)
+    spec_file_sha256: str | None = None
 
     def role(self, name: str) -> LockedRole:
         """The role called ``name``; SelectionError names the roles there are."""
@@ -203,8 +215,12 @@ class Lock:
 
 def local_path(url: str) -> Path | None:
     """The path a ``file://`` URL names; None for any other URL."""
-    parsed = urlparse(url)
-    return Path(url2pathname(parsed.path)) if parsed.scheme == "file" else None
+    if not url.startswith("file:"):
+        return None
+    # urllib.request.url2pathname is unquote on POSIX, and importing it costs 30 ms.
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(url).path))
 
 
 def to_document(lock: Lock) -> dict[str, Any]:
@@ -242,6 +258,7 @@ def to_document(lock: Lock) -> dict[str, Any]:
         "lock-version": LOCK_VERSION,
         "name": lock.name,
         "spec-hash": lock.spec_hash,
+        "spec-file-sha256": lock.spec_file_sha256,
         "channels": list(lock.channels),
         "gpu-dependencies": sorted(lock.gpu_dependencies),
         "roles": {
@@ -265,35 +282,132 @@ def to_document(lock: Lock) -> dict[str, Any]:
     }
 
 
+def content_digest(lock: Lock) -> str:
+    """``sha256:...`` of what the lock resolved (variants, targets and every package record),
+    not of the spec text: two locks with this digest install the same bytes everywhere."""
+    document = to_document(lock)
+    resolved = {key: document[key] for key in ("roles", "variants", "packages")}
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def dumps(lock: Lock) -> str:
     """The exact bytes of the lock file (as text)."""
     return json.dumps(to_document(lock), indent=2, ensure_ascii=False) + "\n"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a lock file holds")
+
+
 def loads(text: str, path: Path) -> Lock:
-    """Parse lock file text; LockFileError names the file and what is wrong."""
+    """Parse lock file text; LockFileError names the file, the field and what is wrong."""
+    fix = "restore it from version control or re-create it with `envbuild lock --update-all`"
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise LockFileError(
-            f"{path}:{exc.lineno}: corrupt lock file ({exc.msg}); restore it from version "
-            "control or re-create it with `envbuild lock --update-all`"
-        ) from None
+        raise LockFileError(f"{path}:{exc.lineno}: corrupt lock file ({exc.msg}); {fix}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise LockFileError(f"{path}: corrupt lock file ({reason}); {fix}") from None
     if not isinstance(doc, dict) or "lock-version" not in doc:
         raise LockFileError(f"{path}: not an envbuild lock file (no lock-version)")
     version = doc["lock-version"]
-    if not isinstance(version, int) or version > LOCK_VERSION:
+    if type(version) is not int or version < 1:
+        raise LockFileError(f"{path}: lock-version must be a positive integer; {fix}")
+    if version > LOCK_VERSION:
         raise LockFileError(
             f"{path}: written by a newer envbuild (lock-version {version}; this envbuild "
             f"reads up to {LOCK_VERSION}): upgrade envbuild"
         )
     try:
+        _check_document(doc)
         return _from_document(doc)
+    except _BadField as exc:
+        raise LockFileError(f"{path}: corrupt lock file ({exc}); {fix}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LockFileError(
-            f"{path}: corrupt lock file (bad or missing field {exc}); restore it from version "
-            "control or re-create it with `envbuild lock --update-all`"
+            f"{path}: corrupt lock file (bad or missing field {exc}); {fix}"
         ) from None
+
+
+class _BadField(ValueError):
+    """A field of the lock document that has the wrong type or form."""
+
+
+_HEX = re.compile(r"^[0-9a-f]*$")
+_TEXT_LISTS = ("depends", "constrains", "targets")
+#: package field -> (types allowed, required)
+_PACKAGE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), True),
+    "version": ((str,), True),
+    "build": ((str,), True),
+    "build_number": ((int,), True),
+    "subdir": ((str,), True),
+    "url": ((str,), True),
+    "channel": ((str,), False),
+    "fn": ((str,), True),
+    "sha256": ((str,), True),
+    "md5": ((str,), True),
+    "size": ((int, type(None)), False),
+    "noarch": ((str, type(None)), False),
+    "license": ((str, type(None)), False),
+    "timestamp": ((int, type(None)), False),
+}
+
+
+def _expect(value: object, types: tuple[type, ...], where: str) -> None:
+    if type(value) in types:  # the common case, and bool is not int here
+        return
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:39] + "…"
+        raise _BadField(f"{where} must be {names}, not {shown}")
+
+
+def _expect_texts(value: object, where: str) -> None:
+    if not isinstance(value, list):
+        raise _BadField(f"{where} must be a list of strings")
+    if all(type(item) is str for item in value):
+        return
+    for index, item in enumerate(value):
+        _expect(item, (str,), f"{where}[{index}]")
+
+
+def _check_document(doc: Mapping[str, Any]) -> None:
+    """Types and forms of every field the reader uses, so that a hand-edited or damaged lock
+    fails here, naming the field, and not later in an export or install."""
+    for key in ("name", "spec-hash"):
+        _expect(doc.get(key), (str,), key)
+    for key in ("channels", "gpu-dependencies"):
+        _expect_texts(doc.get(key), key)
+    for channel in doc["channels"]:
+        if carries_credentials(channel):
+            raise _BadField("channels: a channel carries credentials; remove them")
+    _expect(doc.get("roles"), (dict,), "roles")
+    _expect(doc.get("variants"), (dict,), "variants")
+    for name, variant in doc["variants"].items():
+        _expect(variant, (dict,), f"variants.{name}")
+        _expect_texts(variant.get("specs"), f"variants.{name}.specs")
+        _expect(variant.get("targets"), (dict,), f"variants.{name}.targets")
+        for platform, target in variant["targets"].items():
+            where = f"variants.{name}.targets.{platform}.virtual-packages"
+            _expect(target, (dict,), f"variants.{name}.targets.{platform}")
+            _expect_texts(target.get("virtual-packages"), where)
+    _expect(doc.get("packages"), (list,), "packages")
+    for index, entry in enumerate(doc["packages"]):
+        where = f"packages[{index}]"
+        _expect(entry, (dict,), where)
+        for key, (types, required) in _PACKAGE_FIELDS.items():
+            if required or key in entry:
+                _expect(entry.get(key), types, f"{where}.{key}")
+        for key in _TEXT_LISTS:
+            _expect_texts(entry.get(key, [] if key != "targets" else None), f"{where}.{key}")
+        for key, length in (("sha256", 64), ("md5", 32)):
+            if len(entry[key]) != length or not _HEX.match(entry[key]):
+                raise _BadField(f"{where}.{key} is not a {key} digest")
+        if carries_credentials(entry["url"]):
+            raise _BadField(f"{where}.url carries credentials; remove them")
 
 
 def _from_document(doc: Mapping[str, Any]) -> Lock:
@@ -311,7 +425,7 @@ def _from_document(doc: Mapping[str, Any]) -> Lock:
                     target=target,
                     specs=tuple(variant["specs"]),
                     virtual_packages=tuple(info["virtual-packages"]),
-                    packages=tuple(sorted(members.pop(target, []))),
+                    packages=tuple(sorted(members.pop(target, []), key=LockedPackage.sort_key)),
                 )
             )
     if members:
@@ -334,17 +448,28 @@ def _from_document(doc: Mapping[str, Any]) -> Lock:
         roles=roles,
         targets=tuple(sorted(targets, key=lambda t: t.target)),
         gpu_dependencies=tuple(doc["gpu-dependencies"]),
+        spec_file_sha256=doc.get("spec-file-sha256"),
     )
+
+
+#: A lock of a few hundred packages is a few hundred kilobytes.
+MAX_LOCK_BYTES = 64 << 20
 
 
 def read_lock(path: Path) -> Lock:
     """Read the lock at ``path``."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LockFileError(f"{path}: no lock file (run `envbuild lock` first)") from None
+        if not path.is_file():
+            if path.exists():
+                raise LockFileError(f"{path}: not a lock file (a folder or a device?)")
+            raise LockFileError(f"{path}: no lock file (run `envbuild lock` first)")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_LOCK_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LockFileError(f"{path}: cannot read lock file: {exc}") from None
+    if len(data) > MAX_LOCK_BYTES:
+        raise LockFileError(f"{path}: larger than {MAX_LOCK_BYTES >> 20} MiB: not a lock file")
     return loads(text, path)
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from envbuild.errors import ChannelError, LockStaleError, SelectionError
+from envbuild import exclusive
+from envbuild.errors import ChannelError, LockStaleError, SelectionError, SpecError
 from envbuild.lockfile import (
     LOCK_FILE_NAME,
     Lock,
@@ -21,15 +22,13 @@ from envbuild.lockfile import (
     write_lock,
 )
 from envbuild.progress import SilentReporter
-from envbuild.spec import ROLES, SpecFile, load_spec
-from envbuild.variants import (
-    Variant,
-    derive_variants,
-    target_virtual_packages,
-)
+from envbuild.specfile import ROLES, SpecFile, digest, load_spec, read_spec_bytes
 
 if TYPE_CHECKING:
     from envbuild.resolve import Plan, Reporter
+    from envbuild.variants import Variant
+
+SPEC_FILE_NAME = "envbuild.yaml"
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,7 @@ def plan_for(spec_file: SpecFile) -> Plan:
     """The resolver's plan for a spec: every target with its specs and virtual packages."""
     from envbuild.conda import match_spec_name
     from envbuild.resolve import Plan, TargetRequest
+    from envbuild.variants import derive_variants, target_virtual_packages
 
     spec = spec_file.spec
     channels = spec_file.channel_urls()
@@ -139,25 +139,50 @@ def lock(
 
     ``update`` names packages that may move to newer versions (with what must move with
     them); every other package keeps its locked version where the channels still allow it.
-    ``update_all`` ignores the existing lock entirely.
+    ``update_all`` ignores the existing lock entirely. Two ``lock`` runs on one lock file take
+    turns.
     """
     started = time.perf_counter()
-    spec_file = load_spec(spec_path, full=False)
+    data = read_spec_bytes(spec_path)
     lock_path = lock_path or default_lock_path(spec_path)
-    previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
-    if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
-        return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
+    reporter = reporter or SilentReporter()
+    folder = lock_path.parent
+    with exclusive.hold(folder, f"another `envbuild lock` in {folder}", reporter.note):
+        previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
+        if previous is not None and not update and previous.spec_file_sha256 == digest(data):
+            return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
+        spec_file = load_spec(spec_path, full=False, data=data)
+        if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
+            return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
+        spec_file.check_match_specs()
+        if update:
+            _check_update_names(update, previous, spec_file)
+        new_lock, solves = _resolve(spec_file, previous, update, reporter, digest(data))
+        written = write_lock(lock_path, new_lock)
+    return LockOutcome(
+        lock_path,
+        "written" if written else "unchanged",
+        new_lock,
+        solves,
+        time.perf_counter() - started,
+    )
 
-    spec_file.check_match_specs()
-    if update:
-        _check_update_names(update, previous, spec_file)
+
+def _resolve(
+    spec_file: SpecFile,
+    previous: Lock | None,
+    update: Sequence[str],
+    reporter: Reporter,
+    file_digest: str,
+) -> tuple[Lock, int]:
+    """Solve the spec into a new lock (keeping ``previous``'s versions where it can)."""
     import asyncio  # only now: an up-to-date lock must return fast
 
     from envbuild.resolve import resolve
+    from envbuild.variants import derive_variants
 
     plan = plan_for(spec_file)
-    reporter = reporter or SilentReporter()
-    reporter.note(f"solving {len(plan.requests)} targets of {spec_path}")
+    reporter.note(f"solving {len(plan.requests)} targets of {spec_file.path}")
     preferred: dict[Target, list[LockedPackage]] = {}
     if previous is not None:
         moving = set(update)
@@ -181,15 +206,9 @@ def lock(
             for request in plan.requests
         ),
         gpu_dependencies=tuple(sorted(plan.gpu_dependencies)),
+        spec_file_sha256=file_digest,
     )
-    written = write_lock(lock_path, new_lock)
-    return LockOutcome(
-        lock_path,
-        "written" if written else "unchanged",
-        new_lock,
-        resolution.solves,
-        time.perf_counter() - started,
-    )
+    return new_lock, resolution.solves
 
 
 def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleError | None:
@@ -201,37 +220,57 @@ def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleErro
     )
 
 
-def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
-    """The lock, when it matches the spec; LockStaleError otherwise."""
-    spec_file = load_spec(spec_path, full=False)
-    lock_path = lock_path or default_lock_path(spec_path)
-    if not lock_path.exists():
-        spec_file.check_match_specs()
-        raise LockStaleError(f"{lock_path}: no lock file yet; run `envbuild lock`")
-    current = read_lock(lock_path)
-    stale = _stale(spec_file, current, lock_path)
-    if stale:
-        raise stale
-    return current
-
-
-def freshness(spec_path: Path, current: Lock) -> bool | None:
-    """Whether ``current`` matches the spec at ``spec_path`` (None: no spec to compare with)."""
-    if not spec_path.exists():
-        return None
-    return load_spec(spec_path, full=False).content_hash == current.spec_hash
-
-
-def fresh_lock(spec_path: Path, lock_path: Path | None = None) -> Lock:
-    """The lock for commands that use it (export, env, verify).
-
-    Refused when the spec beside it changed since it was locked. A lock shipped without its
-    spec (into an image build, say) is used as it is: it is the single source of truth.
-    """
-    lock_path = lock_path or default_lock_path(spec_path)
-    current = read_lock(lock_path)
-    if spec_path.exists():
-        stale = _stale(load_spec(spec_path, full=False), current, lock_path)
+def _current(spec_path: Path, data: bytes, lock: Lock, lock_path: Path) -> Lock:
+    """``lock`` when it matches the spec (by the file's bytes, else by its content)."""
+    if lock.spec_file_sha256 != digest(data):
+        stale = _stale(load_spec(spec_path, full=False, data=data), lock, lock_path)
         if stale:
             raise stale
-    return current
+    return lock
+
+
+def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
+    """The lock, when it matches the spec; LockStaleError otherwise."""
+    data = read_spec_bytes(spec_path)
+    lock_path = lock_path or default_lock_path(spec_path)
+    if not lock_path.exists():
+        load_spec(spec_path, data=data)  # a broken spec is reported as such
+        raise LockStaleError(f"{lock_path}: no lock file yet; run `envbuild lock`")
+    return _current(spec_path, data, read_lock(lock_path), lock_path)
+
+
+@dataclass(frozen=True)
+class LockInUse:
+    """The lock a command works from, and whether it matches its spec."""
+
+    lock: Lock
+    path: Path
+    #: None: used without its spec (``--lockfile`` alone)
+    fresh: bool | None
+
+
+def locate(spec_path: Path | None, lock_path: Path | None, *, stale_ok: bool = False) -> LockInUse:
+    """The lock for commands that use one (show, export, env, verify, ...).
+
+    ``-f SPEC`` must exist, and a stale lock is refused (unless ``stale_ok``: ``show`` says so
+    instead). ``--lockfile LOCK`` alone uses the lock without its spec: it is the single
+    source of truth (shipped into an image build, say). Neither: ``./envbuild.yaml``.
+    """
+    if spec_path is None and lock_path is not None:
+        return LockInUse(read_lock(lock_path), lock_path, None)
+    if spec_path is None:
+        spec_path = Path(SPEC_FILE_NAME)
+        if not spec_path.exists():
+            raise SpecError(
+                f"{spec_path}: no spec here: pass -f SPEC, or --lockfile LOCK to use a lock "
+                "without its spec"
+            )
+    data = read_spec_bytes(spec_path)
+    lock_path = lock_path or default_lock_path(spec_path)
+    current = read_lock(lock_path)
+    try:
+        return LockInUse(_current(spec_path, data, current, lock_path), lock_path, True)
+    except LockStaleError:
+        if not stale_ok:
+            raise
+        return LockInUse(current, lock_path, False)

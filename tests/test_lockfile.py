@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from envbuild.errors import OutputError
-from envbuild.lockfile import Lock, LockedRole, LockedTarget, Target, dumps, loads, write_lock
+from envbuild.lockfile import (
+    Lock,
+    LockedPackage,
+    LockedRole,
+    LockedTarget,
+    Target,
+    dumps,
+    loads,
+    write_lock,
+)
 
 from .test_consistency import CPU, GPU_124
 
@@ -25,13 +34,16 @@ def sample_lock() -> Lock:
         ),
         targets=(
             LockedTarget(
-                Target("cpu", "linux-64"), ("python",), ("__unix=0=0",), tuple(sorted(CPU))
+                Target("cpu", "linux-64"),
+                ("python",),
+                ("__unix=0=0",),
+                tuple(sorted(CPU, key=LockedPackage.sort_key)),
             ),
             LockedTarget(
                 Target("cuda-12.4", "linux-64"),
                 ("python", "cupy", "cuda-version 12.4.*"),
                 ("__cuda=12.4=0", "__unix=0=0"),
-                tuple(sorted(GPU_124)),
+                tuple(sorted(GPU_124, key=LockedPackage.sort_key)),
             ),
         ),
         gpu_dependencies=("cupy",),
