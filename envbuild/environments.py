@@ -1,37 +1,76 @@
 """``envbuild env`` and ``envbuild verify``: real conda environments made from the lock.
 
-An environment is complete when its packages (conda-meta) match the lock's target AND the
-marker ``conda-meta/envbuild.json`` says so. ``env`` removes the marker before it changes a
-prefix and writes it (atomically) only after the install succeeded, so an interrupted install
-never leaves a prefix that ``verify`` calls complete.
+An environment is complete when its packages (conda-meta) match the lock's target AND its
+stamp ``etc/envbuild/stamp.json`` says so. The stamp lives outside ``conda-meta/``, where
+rattler, pixi, conda and micromamba parse every ``*.json`` as a package record. ``env``
+removes the stamp before it changes a prefix and writes it (atomically) only after the
+install succeeded, so an interrupted install never leaves a prefix that ``verify`` calls
+complete. The stamp also says which lock, variant, platform and roles the prefix was made
+for (``envbuild show --prefix``, the Dask guard).
+
+Two ``env`` runs on one prefix take turns (``envbuild.exclusive``). A prefix that ``env``
+created and could not finish is removed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from envbuild import exclusive
 from envbuild.atomic import write_atomic
 from envbuild.cache import package_cache
 from envbuild.errors import InstallError, OutputError, PrefixMismatchError
-from envbuild.lockfile import Lock, LockedPackage, LockedTarget
+from envbuild.lockfile import Lock, LockedPackage, LockedTarget, content_digest
 
-MARKER = Path("conda-meta") / "envbuild.json"
-_NOT_RECORDS = {"envbuild.json", "history"}
+STAMP = Path("etc") / "envbuild" / "stamp.json"
+#: Where envbuild 0.1 kept its marker; it broke other tools, so ``env`` moves it.
+OLD_MARKER = Path("conda-meta") / "envbuild.json"
+STAMP_VERSION = 1
 
 
 def fingerprint(packages: Iterable[LockedPackage]) -> str:
     """Identifies a set of packages (name, version, build, sha256)."""
     lines = sorted(f"{p.name} {p.version} {p.build} {p.sha256}" for p in packages)
     return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def make_stamp(lock: Lock, target: LockedTarget) -> dict[str, Any]:
+    """What a prefix made from ``target`` of ``lock`` says about itself."""
+    return {
+        "generated-by": "envbuild",
+        "stamp-version": STAMP_VERSION,
+        "name": lock.name,
+        "lock": content_digest(lock),
+        "spec-hash": lock.spec_hash,
+        "target": str(target.target),
+        "variant": target.variant,
+        "platform": target.platform,
+        "roles": sorted(r.name for r in lock.roles if r.variant == target.variant),
+        "packages": fingerprint(target.packages),
+    }
+
+
+def read_stamp(prefix: Path) -> dict[str, Any] | None:
+    """The prefix's stamp (or the marker of an older envbuild), None when it has none."""
+    for where in (STAMP, OLD_MARKER):
+        try:
+            found = json.loads((prefix / where).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, dict):
+            return found
+    return None
 
 
 # --- reading a prefix -------------------------------------------------------------------------
@@ -41,7 +80,7 @@ def installed_records(prefix: Path) -> dict[str, dict[str, Any]]:
     """name -> conda-meta record of every package installed in ``prefix``."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted((prefix / "conda-meta").glob("*.json")):
-        if path.name in _NOT_RECORDS:
+        if path.name == OLD_MARKER.name:
             continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -66,6 +105,18 @@ class Change:
 
 
 @dataclass(frozen=True)
+class FileProblem:
+    """An installed file that is gone or is not what its package installed."""
+
+    path: str
+    package: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.package}) {self.problem}"
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """How a prefix compares with a locked target."""
 
@@ -74,15 +125,20 @@ class VerifyReport:
     missing: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     changed: tuple[Change, ...] = ()
-    marker: Literal["ok", "missing", "stale", "unchecked"] = "ok"
-    files: tuple[str, ...] = ()
+    stamp: Literal["ok", "missing", "stale", "unchecked"] = "ok"
+    files: tuple[FileProblem, ...] = ()
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.changed or self.files) and self.marker in (
+        return not (self.missing or self.extra or self.changed or self.files) and self.stamp in (
             "ok",
             "unchecked",
         )
+
+    @property
+    def damaged(self) -> set[str]:
+        """Packages to install again: missing, changed, or with files that are not theirs."""
+        return {*self.missing, *(c.name for c in self.changed), *(f.package for f in self.files)}
 
     def problems(self) -> list[str]:
         """One line per problem."""
@@ -92,18 +148,22 @@ class VerifyReport:
             f"changed: {c.name} ({c.what}): lock has {c.locked}, prefix has {c.installed}"
             for c in self.changed
         ]
-        if self.marker == "missing":
+        if self.stamp == "missing":
             lines.append(
-                "incomplete: no conda-meta/envbuild.json (an interrupted `envbuild env`, or not "
-                "made by envbuild)"
+                f"incomplete: no {STAMP} (an interrupted `envbuild env`, or not made by envbuild)"
             )
-        elif self.marker == "stale":
-            lines.append("incomplete: conda-meta/envbuild.json is from another lock or target")
+        elif self.stamp == "stale":
+            lines.append(f"incomplete: {STAMP} is from another lock or target")
         lines += [f"file: {problem}" for problem in self.files]
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "prefix": str(self.prefix), "clean": self.clean}
+        return {
+            **asdict(self),
+            "prefix": str(self.prefix),
+            "files": [str(f) for f in self.files],
+            "clean": self.clean,
+        }
 
 
 def compare(
@@ -137,41 +197,91 @@ def compare(
     return missing, extra, tuple(changed)
 
 
-def _file_problems(prefix: Path, records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Files a package installed that are gone or whose content changed."""
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _hash_regular_file(path: Path) -> str:
+    """sha256 of a file known (by lstat) to be regular; never follows a link or blocks."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since lstat
+            raise OSError("not a regular file")
+        digest = hashlib.sha256()
+        while block := os.read(fd, 1 << 20):
+            digest.update(block)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _file_problem(prefix: Path, entry: Mapping[str, Any]) -> str | None:
+    """Why an installed file is not what its package put there, or None."""
+    path = prefix / entry["_path"]
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    kind = entry.get("path_type", "hardlink")
+    if kind == "softlink":
+        return None if stat.S_ISLNK(mode) else "should be a symlink"
+    if kind == "directory":
+        return None if stat.S_ISDIR(mode) else "should be a folder"
+    if not stat.S_ISREG(mode):
+        return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a file"
+    expected = entry.get("sha256_in_prefix") or (
+        None if entry.get("prefix_placeholder") else entry.get("sha256")
+    )
+    if not expected:
+        return None
+    try:
+        actual = _hash_regular_file(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None if actual == expected else "was modified"
+
+
+def _file_problems(prefix: Path, records: Iterable[Mapping[str, Any]]) -> list[FileProblem]:
+    """Files a package installed that are gone, replaced by something else, or changed.
+    Non-regular files (FIFOs, devices, folders, links where files belong) are reported, never
+    read."""
     problems = []
     for record in records:
-        for entry in (record.get("paths_data") or {}).get("paths", []):
-            path = prefix / entry["_path"]
-            if not path.exists() and not path.is_symlink():
-                problems.append(f"{entry['_path']} ({record['name']}) is missing")
+        paths = (record.get("paths_data") or {}).get("paths", [])
+        for entry in paths if isinstance(paths, list) else []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("_path"), str):
                 continue
-            expected = entry.get("sha256_in_prefix") or (
-                None if entry.get("prefix_placeholder") else entry.get("sha256")
-            )
-            if expected and entry.get("path_type", "hardlink") == "hardlink":
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                if digest != expected:
-                    problems.append(f"{entry['_path']} ({record['name']}) was modified")
+            problem = _file_problem(prefix, entry)
+            if problem:
+                problems.append(FileProblem(entry["_path"], str(record.get("name")), problem))
     return problems
 
 
 def verify_prefix(
-    target: LockedTarget, prefix: Path, *, files: bool = False, marker: bool = True
+    target: LockedTarget, prefix: Path, *, files: bool = False, stamp: bool = True
 ) -> VerifyReport:
-    """Compare ``prefix`` with a locked target (``files``: also hash every installed file)."""
+    """Compare ``prefix`` with a locked target (``files``: also check every installed file)."""
     if not (prefix / "conda-meta").is_dir():
         raise PrefixMismatchError(f"{prefix} is not a conda environment (no conda-meta/)")
     installed = installed_records(prefix)
     missing, extra, changed = compare(target.packages, installed)
-    marker_state: Literal["ok", "missing", "stale", "unchecked"] = "unchecked"
-    if marker:
-        try:
-            found = json.loads((prefix / MARKER).read_text(encoding="utf-8"))
+    stamp_state: Literal["ok", "missing", "stale", "unchecked"] = "unchecked"
+    if stamp:
+        found = read_stamp(prefix)
+        if found is None:
+            stamp_state = "missing"
+        else:
             ok = found.get("packages") == fingerprint(target.packages)
-            marker_state = "ok" if ok else "stale"
-        except (OSError, ValueError, AttributeError):
-            marker_state = "missing"
+            stamp_state = "ok" if ok else "stale"
     file_problems = _file_problems(prefix, installed.values()) if files else []
     return VerifyReport(
         prefix=prefix,
@@ -179,7 +289,7 @@ def verify_prefix(
         missing=missing,
         extra=extra,
         changed=changed,
-        marker=marker_state,
+        stamp=stamp_state,
         files=tuple(file_problems),
     )
 
@@ -199,8 +309,16 @@ _INDEX_NAME = ".envbuild-verified-archives.json"
 
 
 def _stat_key(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+    stat_ = path.stat()
+    return [stat_.st_size, stat_.st_mtime_ns, stat_.st_ctime_ns, stat_.st_ino, stat_.st_dev]
+
+
+def _read_index(index_path: Path) -> dict[str, list[Any]]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return index if isinstance(index, dict) else {}  # a damaged index is only a lost speed-up
 
 
 def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> None:
@@ -214,10 +332,7 @@ def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> 
     as git's index judges files) are not hashed again; the record of them lives in the cache.
     """
     index_path = cache_dir / _INDEX_NAME
-    try:
-        index: dict[str, list[Any]] = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = {}
+    index = _read_index(index_path)
     unknown = []  # archives not verified before, or changed since
     for package in packages:
         path = package.local_path
@@ -245,15 +360,14 @@ def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> 
 
     verified: list[tuple[str, list[Any]]] = []
     if unknown:
+        from concurrent.futures import ThreadPoolExecutor  # 10 ms: only when there is work
+
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
             verified = list(pool.map(check, unknown))
     if verified:
         index.update(verified)
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OutputError, OSError):  # a speed-up only: hashed again next time
             write_atomic(index_path, json.dumps(index, sort_keys=True))
-        except OutputError:
-            pass  # only a speed-up: the archives get hashed again next time
 
 
 @dataclass(frozen=True)
@@ -262,7 +376,7 @@ class EnvOutcome:
 
     prefix: Path
     target: str
-    status: Literal["created", "updated", "up-to-date"]
+    status: Literal["created", "updated", "repaired", "up-to-date"]
     packages: int
     seconds: float
     fetched: list[str] = field(default_factory=list)
@@ -283,6 +397,27 @@ def _check_prefix_is_usable(prefix: Path) -> bool:
     return False
 
 
+def _usable_cache(cache_dir: Path) -> Path:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{cache_dir}: cannot use it as the package cache ({exc.strerror or exc}): pass "
+            "--cache-dir FOLDER or set ENVBUILD_CACHE_DIR"
+        ) from None
+    if not cache_dir.is_dir():
+        raise OutputError(f"{cache_dir}: the package cache must be a folder")
+    return cache_dir
+
+
+def _drop_extractions(packages: Iterable[LockedPackage], cache_dir: Path) -> None:
+    """Remove the cache's extracted copies of ``packages`` (a file changed in a prefix is the
+    same inode in the cache: rattler links, it does not copy), so that rattler extracts them
+    again from their checked archives. rattler's cache keeps them in NAME-VERSION-BUILD/."""
+    for package in packages:
+        shutil.rmtree(cache_dir / f"{package.name}-{package.version}-{package.build}", True)
+
+
 def create_env(
     lock: Lock,
     target: LockedTarget,
@@ -290,31 +425,72 @@ def create_env(
     *,
     cache_dir: Path | None = None,
     show_progress: bool = False,
+    repair: bool = False,
+    waiting: Callable[[str], None] | None = None,
 ) -> EnvOutcome:
-    """Make ``prefix`` hold exactly the locked target; a complete prefix is left untouched."""
+    """Make ``prefix`` hold exactly the locked target; a complete prefix is left untouched.
+
+    ``repair`` also checks every installed file and installs again the packages whose files
+    are missing or changed, re-extracting them from their archives.
+    """
     started = time.perf_counter()
-    existed = _check_prefix_is_usable(prefix)
-    report = verify_prefix(target, prefix) if existed else None
-    if report is not None and report.clean:
-        return EnvOutcome(
-            prefix,
-            str(target.target),
-            "up-to-date",
-            len(target.packages),
-            time.perf_counter() - started,
-        )
+    cache_dir = _usable_cache(cache_dir or package_cache())
+    if prefix.exists() and not prefix.is_dir():
+        raise OutputError(f"{prefix} exists and is not a folder")
+    with exclusive.hold(prefix, f"another `envbuild env` on {prefix}", waiting, make=True) as made:
+        existed = _check_prefix_is_usable(prefix)
+        if existed and (prefix / OLD_MARKER).exists():
+            _migrate_marker(prefix)
+        report = verify_prefix(target, prefix, files=repair) if existed else None
+        if report is not None and report.clean:
+            return EnvOutcome(
+                prefix,
+                str(target.target),
+                "up-to-date",
+                len(target.packages),
+                time.perf_counter() - started,
+            )
+        try:
+            fetched = _install(lock, target, prefix, cache_dir, report, show_progress)
+        except BaseException:
+            if made:  # nothing of ours may stay behind: not even an empty folder
+                shutil.rmtree(prefix, ignore_errors=True)
+            raise
+    status: Literal["created", "updated", "repaired"] = (
+        "created" if not existed else ("repaired" if repair else "updated")
+    )
+    return EnvOutcome(
+        prefix,
+        str(target.target),
+        status,
+        len(target.packages),
+        time.perf_counter() - started,
+        [str(p) for p in fetched],
+    )
+
+
+def _install(
+    lock: Lock,
+    target: LockedTarget,
+    prefix: Path,
+    cache_dir: Path,
+    report: VerifyReport | None,
+    show_progress: bool,
+) -> list[LockedPackage]:
     try:
-        prefix.mkdir(parents=True, exist_ok=True)
-        (prefix / MARKER).unlink(missing_ok=True)  # incomplete from here until the end
+        (prefix / STAMP).unlink(missing_ok=True)  # incomplete from here until the end
+        (prefix / STAMP).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{prefix}: cannot write here: {exc.strerror}") from None
 
     # Whatever rattler will (re)install must be checked first, as verify sees the prefix.
-    reinstall = {c.name for c in report.changed} if report else set()
-    needed = (set(report.missing) | reinstall) if report else {p.name for p in target.packages}
+    reinstall = (report.damaged - set(report.missing)) if report else set()
+    needed = report.damaged if report else {p.name for p in target.packages}
     to_fetch = [p for p in target.packages if p.name in needed]
-    cache_dir = cache_dir or package_cache()
     check_local_archives(to_fetch, cache_dir)
+    if report is not None and report.files:
+        damaged = {f.package for f in report.files}
+        _drop_extractions([p for p in target.packages if p.name in damaged], cache_dir)
 
     from envbuild import conda
 
@@ -328,18 +504,18 @@ def create_env(
             reinstall=reinstall,
         )
     )
-    marker = {
-        "generated-by": "envbuild",
-        "lock": lock.spec_hash,
-        "target": str(target.target),
-        "packages": fingerprint(target.packages),
-    }
-    write_atomic(prefix / MARKER, json.dumps(marker, indent=2) + "\n")
-    return EnvOutcome(
-        prefix,
-        str(target.target),
-        "updated" if existed else "created",
-        len(target.packages),
-        time.perf_counter() - started,
-        [str(p) for p in to_fetch],
-    )
+    write_atomic(prefix / STAMP, json.dumps(make_stamp(lock, target), indent=2) + "\n")
+    return to_fetch
+
+
+def _migrate_marker(prefix: Path) -> None:
+    """Move an older envbuild's ``conda-meta/envbuild.json`` out of conda-meta."""
+    old = prefix / OLD_MARKER
+    try:
+        (prefix / STAMP).parent.mkdir(parents=True, exist_ok=True)
+        if not (prefix / STAMP).exists():
+            old.replace(prefix / STAMP)
+        else:
+            old.unlink()
+    except OSError as exc:
+        raise OutputError(f"{old}: cannot move it out of conda-meta: {exc.strerror}") from None

@@ -23,7 +23,7 @@ import yaml
 
 from envbuild.atomic import write_atomic
 from envbuild.consistency import dependency_name
-from envbuild.errors import OutputError, SelectionError
+from envbuild.errors import SelectionError
 from envbuild.lockfile import Lock, LockedPackage, LockedTarget
 
 Format = Literal["conda-lock", "explicit", "environment", "pixi", "role-file"]
@@ -168,10 +168,7 @@ def export(
             raise SelectionError(
                 "the pixi export holds every variant and platform: drop --role/--platform"
             )
-        if output is None:
-            raise SelectionError("the pixi export needs an output file: -o pixi.lock")
-        _write_pixi(lock, output)
-        return None
+        return _write_pixi(lock, output)
     text = render(
         lock, fmt, role=role, platform=platform, source=source, current_platform=current_platform
     )
@@ -181,7 +178,7 @@ def export(
     return None
 
 
-def _write_pixi(lock: Lock, output: Path) -> None:
+def _write_pixi(lock: Lock, output: Path | None) -> str | None:
     from envbuild import conda
 
     environments: dict[str, dict[str, tuple[Sequence[str], Sequence[LockedPackage]]]] = {}
@@ -190,11 +187,13 @@ def _write_pixi(lock: Lock, output: Path) -> None:
             target.virtual_packages,
             target.packages,
         )
-    folder = output.parent if str(output.parent) else Path()
-    try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{output.name}.") as tmp:
-            staged = Path(tmp) / output.name
-            conda.write_pixi_lock(staged, lock.channels, environments)
-            staged.replace(output)
-    except OSError as exc:
-        raise OutputError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    # rattler writes only to a path: stage it, then write it where it goes (atomically, or
+    # into a device or pipe as it is).
+    with tempfile.TemporaryDirectory(prefix="envbuild-pixi-") as tmp:
+        staged = Path(tmp) / "pixi.lock"
+        conda.write_pixi_lock(staged, lock.channels, environments)
+        data = staged.read_bytes()
+    if output is None:
+        return data.decode()
+    write_atomic(output, data)
+    return None

@@ -34,9 +34,9 @@ def require(condition: bool, reason: str) -> None:
 def _own_package_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tests never touch ~/.cache: one package cache for the session."""
-    cache = tmp_path_factory.getbasetemp() / "package-cache"
-    monkeypatch.setenv("ENVBUILD_CACHE_DIR", str(cache))
+    """Tests never touch ~/.cache, nor each other's caches: prefixes are hard links into
+    the cache, so a test that edits an installed file edits the cache behind it."""
+    monkeypatch.setenv("ENVBUILD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.environments import MARKER
+from envbuild.environments import STAMP
 from envbuild.locking import lock
 from envbuild.testing.channel import Package, archive_bytes
 
@@ -45,16 +45,18 @@ def test_create_verify_tamper_and_repair(
     assert created.stdout.startswith(f"created {prefix}: cuda-12.4/linux-64, 21 packages")
     site = prefix / "lib" / "python3.11" / "site-packages"
     assert (site / "dask" / "__init__.py").read_text() == '__version__ = "2024.8.2"\n'
-    assert len([p for p in (prefix / "conda-meta").glob("*.json")]) == WORKER_PACKAGES + 1
+    # conda-meta holds package records only (other tools parse every *.json there).
+    assert len(list((prefix / "conda-meta").glob("*.json"))) == WORKER_PACKAGES
+    assert json.loads((prefix / STAMP).read_text())["target"] == "cuda-12.4/linux-64"
     assert verify(envbuild, locked, prefix).stdout == (
         f"{prefix} matches cuda-12.4/linux-64 (21 packages)\n"
     )
 
     # A second run finds the prefix complete and changes nothing.
-    marker_time = (prefix / MARKER).stat().st_mtime_ns
+    marker_time = (prefix / STAMP).stat().st_mtime_ns
     again = env(envbuild, locked, prefix)
     assert again.stdout == f"{prefix} already matches cuda-12.4/linux-64 (21 packages)\n"
-    assert (prefix / MARKER).stat().st_mtime_ns == marker_time
+    assert (prefix / STAMP).stat().st_mtime_ns == marker_time
 
     # Tamper with one package's record and remove another package.
     numpy_record = next((prefix / "conda-meta").glob("numpy-*.json"))
@@ -110,7 +112,7 @@ def test_an_archive_that_changed_since_the_lock_is_refused(
     error = refused.stderr.splitlines()[0]
     assert error.startswith("envbuild: error: toolz=0.12.1=pyhd8ed1ab_0: ")
     assert "the channel changed since it was locked; refusing to install it" in error
-    assert not (prefix / MARKER).exists()
+    assert not (prefix / STAMP).exists()
     assert not (prefix / "lib" / "python3.11" / "site-packages" / "toolz").exists()
     # Nothing unverified reached the package cache: with the archive restored, the good
     # content is installed.
@@ -150,7 +152,7 @@ def test_a_failed_install_never_looks_complete(
     assert failed.stderr.startswith(f"envbuild: error: installing into {prefix} failed")
     report = verify(envbuild, spec, prefix)
     assert report.exit_code == 12
-    assert "incomplete: no conda-meta/envbuild.json" in report.stderr
+    assert "incomplete: no etc/envbuild/stamp.json" in report.stderr
 
 
 def test_a_folder_that_is_not_an_environment_is_refused(
@@ -295,4 +297,4 @@ def test_a_downloaded_archive_that_changed_is_refused(
         "match the lock; refusing to install it"
     )
     assert "hash mismatch" in refused.stderr  # rattler's own words follow
-    assert not (tmp_path / "second" / MARKER).exists()
+    assert not (tmp_path / "second" / STAMP).exists()

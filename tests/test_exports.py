@@ -213,17 +213,9 @@ def test_a_lock_without_its_spec_is_usable(locked: Path, envbuild: Callable[...,
     # An image build may receive only envbuild.lock.
     lock_path = locked.parent / "envbuild.lock"
     locked.unlink()
-    result = envbuild(
-        "export",
-        "--format",
-        "explicit",
-        "--role",
-        "client",
-        "--platform",
-        "linux-64",
-        "--lockfile",
-        lock_path,
-        "-f",
-        locked,
-    )
+    args = ("export", "--format", "explicit", "--role", "client", "--platform", "linux-64")
+    result = envbuild(*args, "--lockfile", lock_path)
     assert result.exit_code == 0 and "@EXPLICIT" in result.stdout
+    # A spec named with -f must exist: a typo never falls back to some lock silently.
+    mistyped = envbuild(*args, "--lockfile", lock_path, "-f", locked)
+    assert mistyped.exit_code == 3 and "no such spec file" in mistyped.stderr
