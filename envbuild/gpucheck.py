@@ -33,6 +33,8 @@ NO_DRIVER = 20
 TOO_FEW_GPUS = 21
 COMPUTE_CAPABILITY = 22
 DRIVER_TOO_OLD = 23
+CANNOT_JUDGE = 24  # MIG devices, or a driver version that cannot be read
+COMMAND_NOT_EXECUTABLE = 126
 COMMAND_NOT_FOUND = 127
 
 DEFAULT_ROLE_FILE = "/etc/envbuild/role.json"
@@ -42,7 +44,8 @@ MODES = ("enforce", "warn", "skip")
 #: minor-version compatibility (NVIDIA's CUDA compatibility guide).
 DRIVER_FLOOR_BY_CUDA_MAJOR: dict[int, int] = {11: 450, 12: 525, 13: 580}
 
-_CUDA_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+_CUDA_VERSION = re.compile(r"^(\d{1,3})\.(\d{1,3})$")
+_DRIVER_BRANCH = re.compile(r"^(\d{1,5})(\.|$)")
 _CC_CLAUSE = re.compile(r"^(>=|<=|==|!=|>|<)\s*(\d+)\.(\d+)$")
 _COMPARE: dict[str, Callable[[tuple[int, int], tuple[int, int]], bool]] = {
     ">=": lambda a, b: a >= b,
@@ -58,11 +61,22 @@ class RequirementError(ValueError):
     """A requirement (CUDA version, compute capability) that cannot be parsed."""
 
 
-def parse_cuda_version(text: str) -> tuple[int, int]:
-    """``"12.4"`` -> ``(12, 4)``; only CUDA majors whose driver floor we know are accepted."""
-    match = _CUDA_VERSION.match(text.strip())
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short (input is never repeated at length)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_cuda_version(text: object) -> tuple[int, int]:
+    """``"12.4"`` -> ``(12, 4)``; only CUDA majors whose driver floor we know are accepted.
+
+    Exactly ``MAJOR.MINOR``: no spaces, so that what is validated is what is used.
+    """
+    match = _CUDA_VERSION.match(text) if isinstance(text, str) else None
     if not match:
-        raise RequirementError(f"'{text}' is not a CUDA version: write MAJOR.MINOR, e.g. \"12.4\"")
+        raise RequirementError(
+            f'{_shown(text)} is not a CUDA version: write MAJOR.MINOR, e.g. "12.4"'
+        )
     major, minor = int(match.group(1)), int(match.group(2))
     if major not in DRIVER_FLOOR_BY_CUDA_MAJOR:
         known = ", ".join(f"{m}.x" for m in DRIVER_FLOOR_BY_CUDA_MAJOR)
@@ -77,13 +91,13 @@ class ComputeCapability:
     clauses: tuple[tuple[str, tuple[int, int]], ...]
 
     @classmethod
-    def parse(cls, text: str) -> ComputeCapability:
+    def parse(cls, text: object) -> ComputeCapability:
         clauses = []
-        for raw in text.split(","):
-            match = _CC_CLAUSE.match(raw.strip())
+        for raw in text.split(",") if isinstance(text, str) and len(text) < 100 else [None]:
+            match = _CC_CLAUSE.match(raw.strip()) if raw is not None else None
             if not match:
                 raise RequirementError(
-                    f"'{text}' is not a compute-capability requirement: "
+                    f"{_shown(text)} is not a compute-capability requirement: "
                     "write an operator and MAJOR.MINOR, e.g. '>=8.0' or '>=7.5,<9.0'"
                 )
             clauses.append((match.group(1), (int(match.group(2)), int(match.group(3)))))
@@ -151,8 +165,10 @@ class Driver:
     cuda: tuple[int, int]
 
     @property
-    def branch(self) -> int:
-        return int(self.version.split(".")[0])
+    def branch(self) -> int | None:
+        """``550`` for ``550.54.15``; None when the version cannot be read."""
+        match = _DRIVER_BRANCH.match(self.version)
+        return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,10 @@ class Survey:
 
 class NoDriverError(Exception):
     """NVML could not be loaded or initialised."""
+
+
+class MigError(Exception):
+    """The visibility variables name MIG instances, which the check cannot judge."""
 
 
 @dataclass
@@ -195,6 +215,8 @@ class Verdict:
 
 def driver_problem(driver: Driver, runtime: tuple[int, int]) -> str | None:
     """Why ``driver`` cannot run a CUDA ``runtime``, or None when it can."""
+    if driver.branch is None:
+        return None  # reported on its own (CANNOT_JUDGE)
     if runtime[0] > driver.cuda[0]:
         floor = DRIVER_FLOOR_BY_CUDA_MAJOR[runtime[0]]
         return (
@@ -228,17 +250,33 @@ def visible_devices(
         if value in ("", "none", "void"):  # the container toolkit's "no GPU" values
             visible = []
         else:
-            entries = [e.strip() for e in value.split(",") if e.strip()]
-            applied_by_runtime = len(entries) == len(visible) and all(e.isdigit() for e in entries)
+            entries = _entries(value, "NVIDIA_VISIBLE_DEVICES")
+            applied_by_runtime = len(entries) == len(visible) and all(map(_is_index, entries))
             if not applied_by_runtime:
                 visible = _select(visible, entries, stop_at_invalid=False)
-        notes.append(f"NVIDIA_VISIBLE_DEVICES={nvidia}")
+        notes.append(f"NVIDIA_VISIBLE_DEVICES={_shown(nvidia)}")
     cuda = env.get("CUDA_VISIBLE_DEVICES")
     if cuda is not None:
-        entries = [e.strip() for e in cuda.split(",")] if cuda.strip() else []
+        entries = _entries(cuda, "CUDA_VISIBLE_DEVICES") if cuda.strip() else []
         visible = _select(visible, entries, stop_at_invalid=True)
-        notes.append(f"CUDA_VISIBLE_DEVICES={cuda}")
+        notes.append(f"CUDA_VISIBLE_DEVICES={_shown(cuda)}")
     return visible, ("; ".join(notes) or None)
+
+
+def _is_index(entry: str) -> bool:
+    return entry.isascii() and entry.isdigit()  # "²".isdigit() is True, int("²") fails
+
+
+def _entries(value: str, variable: str) -> list[str]:
+    """The entries of a visibility variable, each once, in order; MIG instances refused."""
+    entries: list[str] = []
+    for entry in (e.strip() for e in value.split(",")):
+        mig_pair = ":" in entry and _is_index(entry.partition(":")[0])  # "0:1": GPU 0, MIG 1
+        if entry.upper().startswith("MIG-") or mig_pair:
+            raise MigError(f"{variable} names MIG instances ({_shown(entry)})")
+        if entry and entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 def _select(devices: list[Device], entries: list[str], *, stop_at_invalid: bool) -> list[Device]:
@@ -249,7 +287,7 @@ def _select(devices: list[Device], entries: list[str], *, stop_at_invalid: bool)
     chosen: list[Device] = []
     for entry in entries:
         found: Device | None = None
-        if entry.lstrip("-").isdigit():
+        if _is_index(entry.removeprefix("-")):
             position = int(entry)
             if 0 <= position < len(devices):
                 found = devices[position]
@@ -285,9 +323,24 @@ def evaluate(
         verdict.exit_code = NO_DRIVER
         return verdict
     verdict.driver = survey.driver
-    devices, note = visible_devices(survey.devices, env)
+    try:
+        devices, note = visible_devices(survey.devices, env)
+    except MigError as mig:
+        verdict.problem = (
+            f"{mig}: the GPU check does not support MIG and cannot tell which GPU the role "
+            "gets; set ENVBUILD_GPU_CHECK=warn to start anyway"
+        )
+        verdict.exit_code = CANNOT_JUDGE
+        return verdict
     if note:
         verdict.notes.append(f"{len(devices)} of {len(survey.devices)} GPUs visible ({note})")
+    if survey.driver.branch is None:
+        verdict.problem = (
+            f"the driver reports version {_shown(survey.driver.version)}, which cannot be read: "
+            "cannot tell which CUDA runtimes it runs"
+        )
+        verdict.exit_code = CANNOT_JUDGE
+        return verdict
     driver_issue = driver_problem(survey.driver, requirements.cuda)
     for device in devices:
         result = GpuResult(device)
@@ -425,15 +478,41 @@ def _text(value: str | bytes) -> str:
 # --- command line ---
 
 
+#: Keys of a role file and the types their values may have.
+_ROLE_FILE_FIELDS: dict[str, tuple[type, ...]] = {
+    "role": (str,),
+    "variant": (str,),
+    "cuda": (str,),
+    "compute-capability": (str,),
+    "gpus": (int,),
+}
+
+
+def read_role_file(path: str) -> dict[str, Any]:
+    """The role file's requirements; RequirementError names a bad field."""
+    try:
+        with open(path, "rb") as handle:  # noqa: PTH123 - a plain open keeps this file standalone
+            baked = json.loads(handle.read(1 << 16).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RequirementError(f"cannot read role file {path}: {exc}") from exc
+    if not isinstance(baked, dict):
+        raise RequirementError(f"role file {path}: a JSON object is expected")
+    for key, types in _ROLE_FILE_FIELDS.items():
+        value = baked.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            expected = " or ".join({str: "a string", int: "an integer"}[t] for t in types)
+            raise RequirementError(
+                f"role file {path}: {key} must be {expected} or null, got {_shown(value)}"
+            )
+    return baked
+
+
 def load_requirements(args: argparse.Namespace, env: Mapping[str, str]) -> Requirements:
     """Requirements from the baked role file, overridden by flags."""
     baked: dict[str, Any] = {}
     path = args.requirements or env.get("ENVBUILD_ROLE_FILE", DEFAULT_ROLE_FILE)
     if args.requirements or Path(path).exists():
-        try:
-            baked = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RequirementError(f"cannot read role file {path}: {exc}") from exc
+        baked = read_role_file(path)
     cuda = args.cuda if args.cuda is not None else baked.get("cuda")
     cc = (
         args.compute_capability
@@ -463,7 +542,8 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 ok, 2 usage, 20 no driver, 21 too few GPUs, 22 compute capability, "
-            "23 driver too old, 127 command not found. ENVBUILD_GPU_CHECK=enforce|warn|skip "
+            "23 driver too old, 24 cannot judge (MIG, unreadable driver version), 126 command "
+            "not executable, 127 command not found. ENVBUILD_GPU_CHECK=enforce|warn|skip "
             "(default enforce); ENVBUILD_ROLE_FILE (default /etc/envbuild/role.json)."
         ),
     )
@@ -487,6 +567,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         command = command[1:]
     mode = env.get("ENVBUILD_GPU_CHECK", "enforce").strip().lower() or "enforce"
     try:
+        if command and not command[0]:
+            raise RequirementError("the command to run after -- is empty")
         if mode not in MODES:
             raise RequirementError(f"ENVBUILD_GPU_CHECK={mode!r} is not one of {', '.join(MODES)}")
         requirements = load_requirements(args, env)
@@ -503,11 +585,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             survey = missing
         verdict = evaluate(requirements, survey, env, mode)
 
+    # With a command, stdout is the command's: the report goes to stderr, JSON too.
     report = sys.stderr if command else sys.stdout
-    if args.json:
-        print(json.dumps(to_json(verdict), indent=2), flush=True)
-    else:
-        print("\n".join(render(verdict)), file=report, flush=True)
+    text = json.dumps(to_json(verdict), indent=2) if args.json else "\n".join(render(verdict))
+    print(text, file=report, flush=True)
     if not verdict.ok and mode == "enforce":
         return verdict.exit_code
     if not command:
@@ -515,8 +596,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         os.execvp(command[0], command)  # noqa: S606 - replacing ourselves is the point
     except OSError as exc:
-        print(f"envbuild gpu check: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
-        return COMMAND_NOT_FOUND
+        print(
+            f"envbuild gpu check: cannot run {_shown(command[0])}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return COMMAND_NOT_FOUND if isinstance(exc, FileNotFoundError) else COMMAND_NOT_EXECUTABLE
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # One command to run the envbuild GPU check against this machine's real GPUs and driver.
 #
 #   scripts/gpu-smoke.sh                       # CUDA 12.4 runtime, compute capability >=7.0
-#   CUDA=12.8 CC='>=9.0' scripts/gpu-smoke.sh  # other requirements
+#   CUDA=12.8 COMPUTE_CAPABILITY='>=9.0' scripts/gpu-smoke.sh  # other requirements
 #   scripts/gpu-smoke.sh --fake                # no GPU here: a fake NVML (needs gcc) instead
 #
 # Needs python3 and pynvml (nvidia-ml-py): from .venv when `make setup` ran, else the system's.
@@ -13,7 +13,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 CUDA=${CUDA:-12.4}
-CC=${CC:->=7.0}
+# Not $CC: that is the C compiler, and GPU machines set it (CC=/opt/gcc/bin/gcc).
+COMPUTE_CAPABILITY=${COMPUTE_CAPABILITY:->=7.0}
 
 if [ "${1:-}" = "--fake" ]; then
   fake=$(mktemp -d)
@@ -33,17 +34,17 @@ else
   echo "(nvidia-smi is not installed)"
 fi
 
-echo "== envbuild gpu check: cuda $CUDA, compute capability $CC"
-"$PY" -m envbuild.gpucheck --role smoke --variant "cuda-$CUDA" --cuda "$CUDA" --compute-capability "$CC"
+echo "== envbuild gpu check: cuda $CUDA, compute capability $COMPUTE_CAPABILITY"
+"$PY" -m envbuild.gpucheck --role smoke --variant "cuda-$CUDA" --cuda "$CUDA" --compute-capability "$COMPUTE_CAPABILITY"
 echo "exit code: $?"
 
 echo "== --json"
-"$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$CC" --json
+"$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$COMPUTE_CAPABILITY" --json
 echo "== check, then exec a command"
-"$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$CC" -- "$PY" -c 'print("exec ok")'
+"$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$COMPUTE_CAPABILITY" -- "$PY" -c 'print("exec ok")'
 
 echo "== start time of the check (5 fresh processes)"
 TIMEFORMAT="%R s"
 for _ in 1 2 3 4 5; do
-  time "$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$CC" >/dev/null
+  time "$PY" -m envbuild.gpucheck --cuda "$CUDA" --compute-capability "$COMPUTE_CAPABILITY" >/dev/null
 done

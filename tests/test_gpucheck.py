@@ -339,3 +339,75 @@ def test_the_role_file_exported_from_the_lock_drives_the_check(
     client = tmp_path / "client.json"
     envbuild("export", "--format", "role-file", "--role", "client", "-o", client, "-f", locked)
     assert check(driver_present=False, ENVBUILD_ROLE_FILE=str(client)).returncode == 0
+
+
+# --- hostile or garbled input (issue 8) ---
+
+
+@pytest.mark.parametrize("version", ["", "r550.54", "banana"])
+def test_a_driver_version_that_cannot_be_read_is_its_own_verdict(
+    check: Check, version: str
+) -> None:
+    result = check(*WORKER, FAKE_NVML_DRIVER=version)
+    assert result.returncode == gpucheck.CANNOT_JUDGE, result.stderr
+    assert "cannot be read" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_non_ascii_digit_in_cuda_visible_devices_is_no_crash(check: Check) -> None:
+    result = check(*WORKER, CUDA_VISIBLE_DEVICES="²")
+    assert result.returncode == gpucheck.TOO_FEW_GPUS and "Traceback" not in result.stderr
+    assert "0 GPUs visible, the role needs 1" in result.stdout
+
+
+@pytest.mark.parametrize("variable", ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"])
+@pytest.mark.parametrize("value", ["MIG-4b2a9f1c-0c4e-5d8f-9d8e-1f2a3b4c5d6e", "0:1"])
+def test_mig_instances_are_named_as_unsupported(check: Check, variable: str, value: str) -> None:
+    result = check(*WORKER, **{variable: value})
+    assert result.returncode == gpucheck.CANNOT_JUDGE
+    assert "names MIG instances" in result.stdout and "does not support MIG" in result.stdout
+
+
+def test_a_device_listed_twice_counts_once(check: Check) -> None:
+    result = check(*WORKER, "--gpus", "2", gpus=(A100, A100), NVIDIA_VISIBLE_DEVICES="0,0")
+    assert result.returncode == gpucheck.TOO_FEW_GPUS
+    assert "1 GPU visible, the role needs 2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"cuda": 12.4}', "cuda must be a string or null, got 12.4"),
+        ('["cuda", "12.4"]', "a JSON object is expected"),
+        ('{"gpus": true, "cuda": "12.4"}', "gpus must be an integer or null, got True"),
+        ('{"cuda": " 12.4"}', "' 12.4' is not a CUDA version"),
+    ],
+)
+def test_a_bad_role_file_is_a_usage_error_naming_the_field(
+    check: Check, tmp_path: Path, content: str, message: str
+) -> None:
+    role_file = tmp_path / "role.json"
+    role_file.write_text(content)
+    result = check(ENVBUILD_ROLE_FILE=str(role_file))
+    assert result.returncode == gpucheck.USAGE
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_empty_or_unrunnable_command(check: Check, tmp_path: Path) -> None:
+    empty = check(*WORKER, "--", "")
+    assert (
+        empty.returncode == gpucheck.USAGE
+        and "the command to run after -- is empty" in empty.stderr
+    )
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    denied = check(*WORKER, "--", str(script))
+    assert denied.returncode == gpucheck.COMMAND_NOT_EXECUTABLE == 126
+    missing = check(*WORKER, "--", str(tmp_path / "missing"))
+    assert missing.returncode == gpucheck.COMMAND_NOT_FOUND == 127
+
+
+def test_json_with_a_command_leaves_the_commands_stdout_alone(check: Check) -> None:
+    result = check(*WORKER, "--json", "--", sys.executable, "-c", "print('from the command')")
+    assert result.returncode == 0
+    assert result.stdout == "from the command\n"
+    assert json.loads(result.stderr)["ok"] is True
