@@ -1,6 +1,8 @@
 """The ``envbuild`` command. Commands parse arguments, call one library function, and print.
 
 Heavy libraries are imported inside the commands so that ``envbuild --help`` stays fast.
+Output is plain when piped; on a terminal errors and verdicts are coloured (``NO_COLOR``
+turns that off).
 """
 
 from __future__ import annotations
@@ -42,9 +44,26 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+def _colour(stream: Any) -> bool:
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def _styled(text: str, stream: Any, **style: Any) -> str:
+    return typer.style(text, **style) if _colour(stream) else text
+
+
 SpecOption = Annotated[
-    Path, typer.Option("--file", "-f", help="The spec to read.", show_default=True)
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="The spec (default: ./envbuild.yaml, unless --lockfile alone names a lock to use "
+        "without its spec).",
+        show_default=False,
+    ),
 ]
+LockSpecOption = Annotated[Path, typer.Option("--file", "-f", help="The spec to lock.")]
 LockOption = Annotated[
     Path | None,
     typer.Option("--lockfile", help="The lock file (default: envbuild.lock beside the spec)."),
@@ -53,12 +72,20 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout."
 
 
 def _fail(error: EnvbuildError) -> None:
-    print(f"envbuild: error: {error}", file=sys.stderr)
+    label = _styled("error:", sys.stderr, fg="red", bold=True)
+    print(f"envbuild: {label} {error}", file=sys.stderr)
     if error.details:
         for line in error.details.splitlines():
             print(f"  {line}", file=sys.stderr)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        print(f"::error title=envbuild::{_annotation(str(error))}", file=sys.stderr)
     if os.environ.get("ENVBUILD_DEBUG"):
         traceback.print_exception(error)
+
+
+def _annotation(text: str) -> str:
+    """Text as a GitHub Actions workflow command value (%, CR and LF escaped)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def handles_errors(command: F) -> F:
@@ -79,6 +106,10 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _note(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"envbuild {__version__}")
@@ -95,7 +126,12 @@ def _main(
     pass
 
 
-@app.command()
+def _output(path: Path | None) -> Path | None:
+    """``-o -`` means stdout, as no ``-o`` does."""
+    return None if path is None or str(path) == "-" else path
+
+
+@app.command(short_help="Write a commented envbuild.yaml to start from.")
 @handles_errors
 def init(
     spec_path: Annotated[
@@ -113,10 +149,10 @@ def init(
     print(f"wrote {spec_path}: edit channels, dependencies and roles, then run `envbuild lock`")
 
 
-@app.command()
+@app.command(short_help="Resolve ONE consistent lock for every role, variant and platform.")
 @handles_errors
 def lock(
-    spec_path: SpecOption = Path("envbuild.yaml"),
+    spec_path: LockSpecOption = Path("envbuild.yaml"),
     lock_path: LockOption = None,
     check: Annotated[
         bool,
@@ -142,7 +178,7 @@ def lock(
     """Resolve ONE consistent lock for every role, CUDA variant and platform.
 
     An unchanged spec solves nothing and leaves envbuild.lock untouched. Progress goes to
-    stderr, one line per target.
+    stderr, one line per target. Two runs on one lock file take turns.
     """
     from envbuild import locking
     from envbuild.progress import SilentReporter, StderrReporter
@@ -186,24 +222,31 @@ def lock(
         print(described)
 
 
-@app.command()
+@app.command(short_help="Show roles, variants, packages and what differs (and why).")
 @handles_errors
 def show(
-    spec_path: SpecOption = Path("envbuild.yaml"),
+    spec_path: SpecOption = None,
     lock_path: LockOption = None,
+    packages: Annotated[
+        bool,
+        typer.Option("--packages", help="Also list every package's version, per role and target."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Show roles and their variants, package counts per target, and what differs between
-    variants (and why it may)."""
+    variants (and why it may). A stale lock is shown, and marked STALE."""
     from envbuild import locking, report
-    from envbuild.lockfile import read_lock
 
-    current = read_lock(lock_path or locking.default_lock_path(spec_path))
-    summary = report.summarize(current, fresh=locking.freshness(spec_path, current))
+    used = locking.locate(spec_path, lock_path, stale_ok=True)
+    summary = report.summarize(used.lock, fresh=used.fresh, packages=packages)
     if as_json:
         _print_json(summary)
-    else:
-        print(report.render(summary))
+        return
+    text = report.render(summary)
+    if _colour(sys.stdout):
+        text = text.replace("NOT ALLOWED", typer.style("NOT ALLOWED", fg="red", bold=True))
+        text = text.replace("STALE", typer.style("STALE", fg="yellow", bold=True))
+    print(text)
 
 
 class ExportFormat(StrEnum):
@@ -227,7 +270,7 @@ PlatformOption = Annotated[
 PrefixOption = Annotated[Path, typer.Option("--prefix", help="The environment's folder.")]
 
 
-@app.command()
+@app.command(short_help="Export the lock for conda-lock, conda/micromamba and pixi.")
 @handles_errors
 def export(
     fmt: Annotated[
@@ -242,9 +285,10 @@ def export(
     role: RoleOption = None,
     platform: PlatformOption = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default, or -: stdout)."),
     ] = None,
-    spec_path: SpecOption = Path("envbuild.yaml"),
+    spec_path: SpecOption = None,
     lock_path: LockOption = None,
 ) -> None:
     """Export the lock for other conda tools: conda-lock, conda/micromamba, pixi.
@@ -253,55 +297,70 @@ def export(
     """
     from envbuild import conda, exports, locking
 
-    path = lock_path or locking.default_lock_path(spec_path)
-    current = locking.fresh_lock(spec_path, lock_path)
+    used = locking.locate(spec_path, lock_path)
+    target = _output(output)
     text = exports.export(
-        current,
+        used.lock,
         fmt.value,
-        output,
+        target,
         role=role,
         platform=platform,
-        source=path.name,
+        source=used.path.name,
         current_platform=conda.current_platform(),
     )
     if text is not None:
         sys.stdout.write(text)
     else:
-        print(f"wrote {output}", file=sys.stderr)
+        print(f"wrote {target}", file=sys.stderr)
 
 
-@app.command()
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Package cache (default: pkgs/ under $ENVBUILD_CACHE_DIR or ~/.cache/envbuild).",
+    ),
+]
+
+
+@app.command(short_help="Create or update a role's conda environment from the lock.")
 @handles_errors
 def env(
     role: RequiredRole,
     prefix: PrefixOption,
     platform: PlatformOption = None,
-    cache_dir: Annotated[
-        Path | None,
+    cache_dir: CacheOption = None,
+    repair: Annotated[
+        bool,
         typer.Option(
-            "--cache-dir",
-            help="Package cache (default: pkgs/ under $ENVBUILD_CACHE_DIR or ~/.cache/envbuild).",
+            "--repair",
+            help="Also check every installed file, and install again (from the checked "
+            "archives) the packages whose files were changed or removed.",
         ),
-    ] = None,
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    spec_path: SpecOption = Path("envbuild.yaml"),
+    spec_path: SpecOption = None,
     lock_path: LockOption = None,
 ) -> None:
     """Create (or bring up to date) a real conda environment for a role, from the lock.
 
     Local archives are checked against the lock's sha256 before anything is installed. A
     complete environment is left untouched; a folder that is not an environment is refused.
+    Two runs on one prefix take turns; a prefix this command created and could not finish is
+    removed.
     """
     from envbuild import conda, environments, locking
 
-    current = locking.fresh_lock(spec_path, lock_path)
-    target = current.role_target(role, platform or conda.current_platform())
+    used = locking.locate(spec_path, lock_path)
+    target = used.lock.role_target(role, platform or conda.current_platform())
     outcome = environments.create_env(
-        current,
+        used.lock,
         target,
         prefix,
         cache_dir=cache_dir,
         show_progress=sys.stderr.isatty() and not quiet,
+        repair=repair,
+        waiting=None if quiet else _note,
     )
     if quiet:
         return
@@ -314,47 +373,67 @@ def env(
         )
 
 
-@app.command()
+@app.command(short_help="Check that an environment holds exactly the lock (exit 12 if not).")
 @handles_errors
 def verify(
     role: RequiredRole,
     prefix: PrefixOption,
     platform: PlatformOption = None,
     files: Annotated[
-        bool, typer.Option("--files", help="Also check every installed file's sha256.")
-    ] = False,
-    no_marker: Annotated[
         bool,
         typer.Option(
+            "--files",
+            help="Also check every installed file: content (sha256), and that files, links "
+            "and folders are what their packages installed.",
+        ),
+    ] = False,
+    no_stamp: Annotated[
+        bool,
+        typer.Option(
+            "--no-stamp",
             "--no-marker",
-            help="Do not require envbuild's completion marker (for environments made by other "
-            "tools from an export).",
+            help="Do not require envbuild's stamp (for environments made by other tools from "
+            "an export).",
         ),
     ] = False,
     as_json: JsonOption = False,
-    spec_path: SpecOption = Path("envbuild.yaml"),
+    spec_path: SpecOption = None,
     lock_path: LockOption = None,
 ) -> None:
-    """Check that an environment holds exactly what the lock says (exit 12 when it does not)."""
+    """Check that an environment holds exactly what the lock says (exit 12 when it does not).
+
+    When it does not, the command that repairs it is printed.
+    """
     from envbuild import conda, environments, locking
 
-    current = locking.fresh_lock(spec_path, lock_path)
-    target = current.role_target(role, platform or conda.current_platform())
-    report = environments.verify_prefix(target, prefix, files=files, marker=not no_marker)
+    used = locking.locate(spec_path, lock_path)
+    target = used.lock.role_target(role, platform or conda.current_platform())
+    report = environments.verify_prefix(target, prefix, files=files, stamp=not no_stamp)
     if as_json:
         _print_json(report.to_dict())
     elif report.clean:
         print(f"{prefix} matches {target.target} ({len(target.packages)} packages)")
     if not report.clean:
         problems = report.problems()
+        fix = ["envbuild", "env", "--role", role, "--prefix", str(prefix)]
+        if platform:
+            fix += ["--platform", platform]
+        if spec_path:
+            fix += ["-f", str(spec_path)]
+        if lock_path:
+            fix += ["--lockfile", str(lock_path)]
+        if report.files:
+            fix.append("--repair")
+        import shlex
+
         raise PrefixMismatchError(
             f"{prefix} differs from the lock's {target.target}: {len(problems)} problem"
-            f"{'s' if len(problems) != 1 else ''}",
+            f"{'s' if len(problems) != 1 else ''}; repair it with: {shlex.join(fix)}",
             details="\n".join(problems),
         )
 
 
-@app.command()
+@app.command(short_help="Print the JSON Schema of envbuild.yaml (for editors).")
 def schema() -> None:
     """Print the JSON Schema of envbuild.yaml (for editors: yaml-language-server)."""
     from envbuild.spec import json_schema

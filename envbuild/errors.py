@@ -15,7 +15,7 @@ class EnvbuildError(Exception):
     """
 
     exit_code: ClassVar[int] = 1
-    label: ClassVar[str] = "other expected error"
+    label: ClassVar[str] = "unexpected error: a bug (rerun with ENVBUILD_DEBUG=1, report it)"
 
     def __init__(self, message: str, details: str | None = None) -> None:
         super().__init__(message)

@@ -8,13 +8,14 @@ from envbuild.consistency import variant_differences
 from envbuild.lockfile import Lock
 
 
-def summarize(lock: Lock, *, fresh: bool | None) -> dict[str, Any]:
-    """Roles -> variant; per target its package count; what differs between variants and why.
+def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict[str, Any]:
+    """Roles -> variant; per target its package count; what differs between variants and why;
+    with ``packages``, every package of every target.
 
     ``fresh`` says whether the lock matches the spec (None: no spec to compare with).
     """
     differences = variant_differences(lock.by_target(), lock.gpu_dependencies)
-    return {
+    summary: dict[str, Any] = {
         "name": lock.name,
         "spec-hash": lock.spec_hash,
         "fresh": fresh,
@@ -41,6 +42,15 @@ def summarize(lock: Lock, *, fresh: bool | None) -> dict[str, Any]:
             for d in differences
         ],
     }
+    if packages:
+        summary["packages"] = {
+            str(t.target): [
+                {"name": p.name, "version": p.version, "build": p.build, "subdir": p.subdir}
+                for p in t.packages
+            ]
+            for t in lock.targets
+        }
+    return summary
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -78,4 +88,22 @@ def render(summary: dict[str, Any]) -> str:
         lines += _table(rows)
     else:
         lines.append("differences between variants: none")
+    if "packages" in summary:
+        lines += render_packages(summary)
     return "\n".join(lines)
+
+
+def render_packages(summary: dict[str, Any]) -> list[str]:
+    """A package x target table of versions, each target headed by the roles that use it."""
+    targets = list(summary["packages"])
+    roles_of = {
+        t: ", ".join(r["role"] for r in summary["roles"] if t.startswith(r["variant"] + "/"))
+        for t in targets
+    }
+    versions: dict[str, dict[str, str]] = {}
+    for target, packages in summary["packages"].items():
+        for package in packages:
+            versions.setdefault(package["name"], {})[target] = package["version"]
+    header = [["package", *(roles_of[t] or "-" for t in targets)], ["", *targets]]
+    rows = [[name, *(v.get(t, "-") for t in targets)] for name, v in sorted(versions.items())]
+    return ["packages:", *_table(header + rows)]

@@ -84,7 +84,11 @@ def test_show_explains_roles_targets_and_differences(
     )
 
 
-def test_show_without_a_lock(envbuild: Callable[..., Result], tmp_path: Path) -> None:
+def test_show_without_a_spec_or_a_lock(envbuild: Callable[..., Result], tmp_path: Path) -> None:
+    result = envbuild("show", cwd=tmp_path)
+    assert result.exit_code == 3
+    assert "no spec here: pass -f SPEC, or --lockfile LOCK" in result.stderr
+    (tmp_path / "envbuild.yaml").write_text("name: x\n")
     result = envbuild("show", cwd=tmp_path)
     assert result.exit_code == 5 and "no lock file (run `envbuild lock` first)" in result.stderr
 
@@ -101,6 +105,27 @@ def test_console_script_is_installed_and_maps_errors_to_exit_codes(tmp_path: Pat
     assert result.returncode == 3
     assert (
         result.stderr == "envbuild: error: envbuild.yaml:2: invalid YAML: "
-        "expected ',' or ']', but got '<stream end>'\n"
+        "did not find expected ',' or ']'\n"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_show_packages_tells_which_dask_each_role_got(
+    scenario: Callable[..., Path], envbuild: Callable[..., Result]
+) -> None:
+    spec = scenario("dask-gpu")
+    envbuild("lock", "-q", "-f", spec)
+
+    text = envbuild("show", "--packages", "-f", spec).output.splitlines()
+
+    start = text.index("packages:")
+    header, targets = text[start + 1].split(), text[start + 2].split()
+    assert header[0] == "package" and "scheduler," in header and "worker" in header
+    assert targets == ["cpu/linux-64", "cpu/osx-arm64", "cuda-12.4/linux-64"]
+    dask = next(line.split() for line in text[start:] if line.split()[0] == "dask")
+    assert dask == ["dask", "2024.8.2", "2024.8.2", "2024.8.2"]
+    cupy = next(line.split() for line in text[start:] if line.split()[0] == "cupy")
+    assert cupy == ["cupy", "-", "-", "13.3.0"]
+    summary = json.loads(envbuild("show", "--packages", "--json", "-f", spec).stdout)
+    worker = {p["name"]: p for p in summary["packages"]["cuda-12.4/linux-64"]}
+    assert worker["cupy"]["build"].startswith("py311cuda12")
