@@ -1,10 +1,16 @@
-"""Benchmark `envbuild env` against a raw `rattler.install` of the same records, same run.
+"""Benchmark `envbuild env` against a raw `rattler.install` of the same records.
 
 A local channel of real archives (the dask-gpu fixture plus 180 packages with payload files)
-gives a ~200-package environment. Cold: empty package cache and prefix; warm: the cache is
-filled, the prefix is new. envbuild's side is ``create_env()`` (hash every local archive,
-install, write the marker); the raw side is the ``rattler.install`` call alone. Each side runs
-in a fresh process with its libraries imported and its records built before its timer.
+gives a ~200-package environment. Whole commands, fresh processes, paired rounds in rotating
+order, min/median/max (see paired.py):
+
+- ``envbuild env --role worker --prefix P --cache-dir C``: reads the spec and lock, hashes
+  every local archive against the lock, installs, writes the stamp;
+- the strongest alternative: a Python script that reads the same target from the lock's
+  pixi.lock export with rattler's own LockFile and calls ``rattler.install`` (no archive
+  check: rattler does not hash local archives).
+
+Cold: empty package cache and prefix; warm: the cache is filled, the prefix is new.
 Goal: at most 1.2x, cold and warm.
 
 Usage: python benchmarks/bench_env.py [--runs N]
@@ -18,46 +24,30 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from paired import Command, Goals, prepare, ratios, rounds, spread
 
 from envbuild.locking import lock
 from envbuild.testing.catalog import dask_gpu_packages
 from envbuild.testing.channel import Package, write_channel
 
 FILLER = 180
+ENVBUILD = str(Path(sys.executable).parent / "envbuild")
 
 RAW = r"""
-import asyncio, os, sys, time
+import asyncio, os, sys
 from pathlib import Path
-from rattler import Subdir, install
-from envbuild.conda import to_rattler
-from envbuild.lockfile import Target, read_lock
-target = read_lock(Path(sys.argv[1])).target(Target("cpu", "linux-64"))
-records = [to_rattler(p) for p in target.packages]
-async def main():
-    started = time.perf_counter()
-    await install(records, target_prefix=sys.argv[2], cache_dir=Path(sys.argv[3]),
-                  platform=Subdir("linux-64"), show_progress=False)
-    print(time.perf_counter() - started, len(records))
-    sys.stdout.flush()
-    os._exit(0)  # see envbuild.conda.Solver: no interpreter shutdown right after rattler work
-asyncio.run(main())
-"""
-
-ENVBUILD = r"""
-import os, sys, time
-from pathlib import Path
-import rattler, envbuild.conda
-from envbuild.environments import create_env
-from envbuild.lockfile import Target, read_lock
-lock = read_lock(Path(sys.argv[1]))
-target = lock.target(Target("cpu", "linux-64"))
-started = time.perf_counter()
-outcome = create_env(lock, target, Path(sys.argv[2]), cache_dir=Path(sys.argv[3]))
-print(time.perf_counter() - started, outcome.packages)
+from rattler import LockFile, Subdir, install
+environment = LockFile.from_path(Path(sys.argv[1])).environment("cuda-12.4")
+linux = next(p for p in environment.platforms() if str(p.subdir) == "linux-64")
+records = environment.conda_repodata_records_for_platform(linux)
+asyncio.run(install(records, target_prefix=sys.argv[2], cache_dir=Path(sys.argv[3]),
+                    platform=Subdir("linux-64"), show_progress=False))
 sys.stdout.flush()
-os._exit(0)
+os._exit(0)  # as envbuild does: no interpreter shutdown right after rattler work
 """
 
 
@@ -73,18 +63,13 @@ def filler(index: int) -> Package:
     )
 
 
-def run(code: str, *args: object) -> tuple[float, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True
-    ).stdout.split()
-    return float(out[0]), int(out[1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="envbuild-bench-env-"))
+    goals = Goals()
+    prepare()
     try:
         packages = [
             *dask_gpu_packages(),
@@ -100,54 +85,55 @@ def main() -> int:
         spec = work / "envbuild.yaml"
         spec.write_text(
             "name: bench\nchannels: [./channel]\nplatforms: [linux-64]\n"
-            "dependencies: [python 3.11.*, dask, numpy, bench-all]\n"
-            "roles: {client: {gpu: false}, scheduler: {gpu: false}, worker: {gpu: false}}\n"
+            "dependencies: [python 3.11.*, dask, numpy, bench-all]\ngpu-dependencies: [cupy]\n"
+            "roles: {client: {gpu: false}, scheduler: {gpu: false}, "
+            "worker: {gpu: {cuda: '12.4'}}}\n"
         )
-        lock(spec)
-        lock_path = work / "envbuild.lock"
-        figures: dict[str, list[float]] = {
-            k: [] for k in ("raw cold", "envbuild cold", "raw warm", "envbuild warm")
-        }
-        count = 0
-        for run_number in range(args.runs):
-            for side, code in (("raw", RAW), ("envbuild", ENVBUILD)):
-                cache = work / f"cache-{side}-{run_number}"
-                cold, count = run(code, lock_path, work / f"{side}-cold-{run_number}", cache)
-                warm, _ = run(code, lock_path, work / f"{side}-warm-{run_number}", cache)
-                figures[f"{side} cold"].append(cold)
-                figures[f"{side} warm"].append(warm)
-            for leftover in work.glob(f"*-{run_number}"):
-                shutil.rmtree(leftover)
-        medians = {k: statistics.median(v) for k, v in figures.items()}
-        print(f"{count}-package environment, medians of {args.runs} runs:")
-        met = True
-        for state in ("cold", "warm"):
-            raw, ours = medians[f"raw {state}"], medians[f"envbuild {state}"]
-            ratio = ours / raw
-            met &= ratio <= 1.2
-            print(
-                f"  {'ok  ' if ratio <= 1.2 else 'MISS'}  {state}: envbuild {ours:.3f} s vs "
-                f"raw rattler.install {raw:.3f} s = {ratio:.2f}x (goal <= 1.2x)"
-            )
-        started = time.perf_counter()
+        outcome = lock(spec)
+        count = len(next(t for t in outcome.lock.targets if t.variant == "cuda-12.4").packages)
         subprocess.run(
-            [
-                str(Path(sys.executable).parent / "envbuild"),
-                "env",
-                "-q",
-                "--role",
-                "worker",
-                "--prefix",
-                str(work / "cli"),
-                "--cache-dir",
-                str(work / "cli-cache"),
-            ],
+            [ENVBUILD, "export", "--format", "pixi", "-o", "pixi.lock"],
             cwd=work,
             check=True,
+            capture_output=True,
         )
-        seconds = time.perf_counter() - started
-        print(f"  for the record: `envbuild env` as a cold command {seconds:.3f} s")
-        return 0 if met else 1
+        (work / "raw.py").write_text(RAW)
+
+        def case(side: str, state: str) -> Callable[[int], Command]:
+            """Round ``number``'s command: a new prefix; cold: an emptied package cache."""
+
+            def command(number: int) -> Command:
+                cache = work / f"cache-{side}-{number}"
+                if state == "cold":
+                    shutil.rmtree(cache, ignore_errors=True)
+                prefix = str(work / f"{side}-{state}-{number}")
+                if side == "raw":
+                    argv = [sys.executable, "raw.py", "pixi.lock", prefix, str(cache)]
+                else:
+                    argv = [ENVBUILD, "env", "-q", "--role", "worker", "--prefix", prefix]
+                    argv += ["--cache-dir", str(cache)]
+                return Command(argv, cwd=work)
+
+            return command
+
+        print(f"{count}-package environment; {args.runs} paired rounds, rotating order:")
+        for state in ("cold", "warm"):
+            if state == "warm":  # fill each round's caches first
+                for number in range(args.runs + 1):
+                    for side in ("envbuild", "raw"):
+                        case(side, "cold")(number).wall()
+            times = rounds({side: case(side, state) for side in ("envbuild", "raw")}, args.runs)
+            ratio = ratios(times["envbuild"], times["raw"])
+            goals.record(f"envbuild env, {state}", spread(times["envbuild"]))
+            goals.record(f"raw rattler.install, {state}", spread(times["raw"]))
+            goals.record(
+                f"  ratio per round, {state} (goal <= 1.2x)",
+                spread(ratio, "x"),
+                statistics.median(ratio) <= 1.2,
+            )
+            for leftover in [*work.glob("envbuild-*"), *work.glob("raw-*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
+        return goals.finish()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from forge import write_forge
-from paired import Command, Goals, ratios, rounds, spread
+from paired import Command, Goals, prepare, ratios, rounds, spread
 
 from envbuild.locking import plan_for
-from envbuild.spec import load_spec
+from envbuild.specfile import load_spec
 from envbuild.testing.channel import Package
 
 REPO = Path(__file__).parent.parent
@@ -111,6 +111,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="envbuild-bench-lock-"))
     goals = Goals()
+    prepare()
     old_tree: Path | None = None
     try:
         started = time.perf_counter()

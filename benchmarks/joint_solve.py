@@ -30,7 +30,7 @@ from paired import spread
 
 from envbuild.locking import plan_for
 from envbuild.matchspec import package_name
-from envbuild.spec import load_spec
+from envbuild.specfile import load_spec
 
 REPO = Path(__file__).parent.parent
 RUNTIME = {"cuda-version", "cuda-cudart", "cuda-cudart_linux-64", "cudatoolkit"}

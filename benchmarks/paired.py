@@ -3,6 +3,10 @@
 On a shared 2-core machine absolute times drift from minute to minute. Every case of a
 comparison therefore runs once per round, in an order that rotates from round to round, and
 ratios are taken within a round (pairs) before their median is reported.
+
+Commands run as on a user's machine: with bytecode caches (``prepare()`` compiles envbuild's
+modules and drops PYTHONDONTWRITEBYTECODE, which some shells set and which would make every
+run compile envbuild from source while its dependencies use pip's caches).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +30,13 @@ class Command:
     expect: int | None = 0
 
     def wall(self) -> float:
+        environment = {**os.environ, **(self.env or {})}
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
         started = time.perf_counter()
         done = subprocess.run(
             list(self.argv),
             cwd=self.cwd,
-            env={**os.environ, **(self.env or {})},
+            env=environment,
             capture_output=True,
             check=False,
         )
@@ -43,17 +49,34 @@ class Command:
         return seconds
 
 
-def rounds(cases: Mapping[str, Command], runs: int, *, warmup: int = 1) -> dict[str, list[float]]:
-    """Run every case once per round, rotating the order; ``warmup`` rounds are discarded."""
+def prepare() -> None:
+    """Compile envbuild's modules, as pip does for the packages it installs."""
+    import compileall
+
+    import envbuild
+
+    compileall.compile_dir(Path(envbuild.__file__).parent, quiet=1)
+
+
+def order(names: Sequence[str], number: int) -> list[str]:
+    """The order of round ``number``: rotated by one each round, reversed every other."""
+    shift = number % len(names)
+    ordered = list(names[shift:]) + list(names[:shift])
+    return ordered[::-1] if number % 2 else ordered
+
+
+def rounds(
+    cases: Mapping[str, Command | Callable[[int], Command]], runs: int, *, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Run every case once per round, in ``order``; ``warmup`` rounds are discarded. A case
+    may be a function of the round number (fresh folders per round)."""
     names = list(cases)
     times: dict[str, list[float]] = {n: [] for n in names}
     for number in range(warmup + runs):
-        shift = number % len(names)
-        order = names[shift:] + names[:shift]
-        if number % 2:
-            order.reverse()
-        for name in order:
-            seconds = cases[name].wall()
+        for name in order(names, number):
+            case = cases[name]
+            command = case if isinstance(case, Command) else case(number)
+            seconds = command.wall()
             if number >= warmup:
                 times[name].append(seconds)
     return times
