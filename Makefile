@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set everything up, build the offline example channel, lock and show it
+#   make demo   set everything up, build the offline example channel, lock it, create the
+#               role environments and run a Dask cluster from them
 #   make test   set everything up, then lint, type-check and run the whole test suite
 # Both install what they need: Python packages from pyproject.toml into .venv, and the Debian
 # packages they use, all at once, when missing.
@@ -16,8 +17,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Debian packages each command needs, asked for all at once (scripts/debian-packages.sh: as root
 # it installs them; with sudo it asks once; otherwise it prints the command for an admin).
 VENV_DEBS := $(shell $(PYTHON) -c 'import ensurepip' 2>/dev/null || echo python3-venv)
-TEST_DEBS := $(VENV_DEBS) gcc libc6-dev
-DEMO_DEBS := $(VENV_DEBS)
+# python3.11: Debian's interpreter is the runnable channel's python (envbuild/testing/runnable.py)
+TEST_DEBS := $(VENV_DEBS) gcc libc6-dev python3.11
+DEMO_DEBS := $(VENV_DEBS) python3.11
 
 $(STAMP): pyproject.toml
 	@scripts/debian-packages.sh $(VENV_DEBS)
@@ -29,19 +31,25 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 EXAMPLE := -f examples/dask-gpu/envbuild.yaml --lockfile $(DEMO)/envbuild.lock
+ROLES   := client scheduler worker
 
-# The main job on the bundled offline example: a channel of real archives generated here
-# (nothing downloaded), one lock for every role, an export, a real environment, a check.
+# The main job on the bundled offline example: a channel of real packages made here from
+# pinned wheels and Debian's python (fetched once, then offline), one lock for every role, an
+# export, the three role environments, and a cluster started from them that computes.
+# Wheels, packages and the built channel are cached under build/cache: a re-run takes seconds.
+demo: export ENVBUILD_CACHE_DIR := $(abspath build/cache)
 demo:
 	@scripts/debian-packages.sh $(DEMO_DEBS)
 	@$(MAKE) --no-print-directory setup
-	rm -rf build/demo-channel $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/python -m envbuild.testing.catalog build/demo-channel
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/python -m envbuild.testing.runnable build/demo-channel
 	$(BIN)/envbuild lock $(EXAMPLE)
 	$(BIN)/envbuild show $(EXAMPLE)
 	$(BIN)/envbuild export $(EXAMPLE) --format conda-lock --role worker -o $(DEMO)/conda-lock.worker.yml
-	$(BIN)/envbuild env $(EXAMPLE) --role worker --platform linux-64 --prefix $(DEMO)/envs/worker --cache-dir $(DEMO)/pkgs
-	$(BIN)/envbuild verify $(EXAMPLE) --role worker --platform linux-64 --prefix $(DEMO)/envs/worker
+	@for role in $(ROLES); do \
+	  $(BIN)/envbuild env $(EXAMPLE) --role $$role --prefix $(DEMO)/envs/$$role || exit 1; done
+	$(BIN)/envbuild verify $(EXAMPLE) --role worker --prefix $(DEMO)/envs/worker --files
+	$(BIN)/python -m envbuild.testing.cluster $(EXAMPLE) --workdir $(DEMO)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

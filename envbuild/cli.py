@@ -267,7 +267,10 @@ PlatformOption = Annotated[
         "--platform", "-p", help="Conda platform, e.g. linux-64 (default: this machine's)."
     ),
 ]
-PrefixOption = Annotated[Path, typer.Option("--prefix", help="The environment's folder.")]
+PrefixOption = Annotated[
+    Path | None,
+    typer.Option("--prefix", help="The environment's folder (default: envs/ROLE beside the lock)."),
+]
 
 
 @app.command(short_help="Export the lock for conda-lock, conda/micromamba and pixi.")
@@ -327,7 +330,7 @@ CacheOption = Annotated[
 @handles_errors
 def env(
     role: RequiredRole,
-    prefix: PrefixOption,
+    prefix: PrefixOption = None,
     platform: PlatformOption = None,
     cache_dir: CacheOption = None,
     repair: Annotated[
@@ -353,6 +356,7 @@ def env(
 
     used = locking.locate(spec_path, lock_path)
     target = used.lock.role_target(role, platform or conda.current_platform())
+    prefix = prefix or environments.default_prefix(used.path, role)
     outcome = environments.create_env(
         used.lock,
         target,
@@ -377,7 +381,7 @@ def env(
 @handles_errors
 def verify(
     role: RequiredRole,
-    prefix: PrefixOption,
+    prefix: PrefixOption = None,
     platform: PlatformOption = None,
     files: Annotated[
         bool,
@@ -408,29 +412,90 @@ def verify(
 
     used = locking.locate(spec_path, lock_path)
     target = used.lock.role_target(role, platform or conda.current_platform())
+    prefix = prefix or environments.default_prefix(used.path, role)
+    _require_environment(prefix, role)
     report = environments.verify_prefix(target, prefix, files=files, stamp=not no_stamp)
     if as_json:
         _print_json(report.to_dict())
     elif report.clean:
         print(f"{prefix} matches {target.target} ({len(target.packages)} packages)")
     if not report.clean:
-        problems = report.problems()
-        fix = ["envbuild", "env", "--role", role, "--prefix", str(prefix)]
-        if platform:
-            fix += ["--platform", platform]
-        if spec_path:
-            fix += ["-f", str(spec_path)]
-        if lock_path:
-            fix += ["--lockfile", str(lock_path)]
-        if report.files:
-            fix.append("--repair")
-        import shlex
+        raise _mismatch(report, role, prefix, platform, spec_path, lock_path)
 
+
+def _require_environment(prefix: Path, role: str) -> None:
+    if not prefix.exists():
         raise PrefixMismatchError(
-            f"{prefix} differs from the lock's {target.target}: {len(problems)} problem"
-            f"{'s' if len(problems) != 1 else ''}; repair it with: {shlex.join(fix)}",
-            details="\n".join(problems),
+            f"{prefix}: no environment there; create it with: "
+            f"envbuild env --role {role} --prefix {prefix}"
         )
+
+
+def _mismatch(
+    report: Any,
+    role: str,
+    prefix: Path,
+    platform: str | None,
+    spec_path: Path | None,
+    lock_path: Path | None,
+) -> PrefixMismatchError:
+    """What verify found, with the one command that repairs it."""
+    import shlex
+
+    fix = ["envbuild", "env", "--role", role, "--prefix", str(prefix)]
+    for flag, value in (("--platform", platform), ("-f", spec_path), ("--lockfile", lock_path)):
+        if value:
+            fix += [flag, str(value)]
+    if report.files:
+        fix.append("--repair")
+    problems = report.problems()
+    return PrefixMismatchError(
+        f"{prefix} differs from the lock's {report.target}: {len(problems)} problem"
+        f"{'s' if len(problems) != 1 else ''}; repair it with: {shlex.join(fix)}",
+        details="\n".join(problems),
+    )
+
+
+@app.command(
+    short_help="Run a command inside a role's environment.",
+    context_settings={"ignore_unknown_options": True},
+)
+@handles_errors
+def run(
+    role: RequiredRole,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command and its arguments, after --.", show_default=False),
+    ] = None,
+    prefix: PrefixOption = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="Run even when the environment differs from the lock."),
+    ] = False,
+    spec_path: SpecOption = None,
+    lock_path: LockOption = None,
+) -> None:
+    """Run a command inside a role's environment, activated as conda activates it
+    (PATH, CONDA_PREFIX, the packages' activation scripts).
+
+    The environment must be what `envbuild verify` accepts, or the command is refused with
+    the same message (exit 12); --no-verify runs it anyway. The command's exit code is
+    envbuild's: `envbuild run --role worker -- dask worker tcp://scheduler:8786`.
+    """
+    from envbuild import conda, environments, locking
+
+    used = locking.locate(spec_path, lock_path)
+    platform = conda.current_platform()
+    target = used.lock.role_target(role, platform)
+    prefix = prefix or environments.default_prefix(used.path, role)
+    _require_environment(prefix, role)
+    if not no_verify:
+        report = environments.verify_prefix(target, prefix)
+        if not report.clean:
+            raise _mismatch(report, role, prefix, None, spec_path, lock_path)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    environments.exec_in(prefix, platform, command or [], {"ENVBUILD_ROLE": role})
 
 
 @app.command(short_help="Print the JSON Schema of envbuild.yaml (for editors).")

@@ -173,6 +173,17 @@ def _channel_error(exc: Exception, channels: Sequence[str]) -> Exception:
     return ChannelError(f"cannot read {where}: {cause}", details=text)
 
 
+def activation_script(prefix: Path, platform: str) -> str:
+    """The bash that activates ``prefix`` as conda does: PATH, CONDA_PREFIX, CONDA_SHLVL, and
+    the packages' ``etc/conda/activate.d`` scripts (rattler's activation)."""
+    from rattler import Subdir
+    from rattler.shell import ActivationVariables, Shell, activate
+
+    result = activate(prefix, ActivationVariables(None, []), Shell.bash, Subdir(platform))
+    script: str = result.script
+    return script
+
+
 def current_platform() -> str:
     """The conda platform of this machine, e.g. ``linux-64``."""
     from rattler import Subdir

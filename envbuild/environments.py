@@ -497,7 +497,7 @@ def _install(
     asyncio.run(
         conda.install(
             target.packages,
-            prefix,
+            prefix.absolute(),  # entry points' shebangs name it: never relative
             cache_dir=cache_dir,
             platform=target.platform,
             show_progress=show_progress,
@@ -506,6 +506,26 @@ def _install(
     )
     write_atomic(prefix / STAMP, json.dumps(make_stamp(lock, target), indent=2) + "\n")
     return to_fetch
+
+
+def default_prefix(lock_path: Path, role: str) -> Path:
+    """Where a role's environment lives unless told otherwise: ``envs/ROLE`` beside the lock."""
+    return lock_path.parent / "envs" / role
+
+
+def exec_in(prefix: Path, platform: str, command: Sequence[str], env: Mapping[str, str]) -> None:
+    """Replace this process with ``command`` run inside ``prefix``, activated as conda
+    activates it; its exit code and signals are the command's own. Returns only on error."""
+    from envbuild import conda
+
+    if not command:
+        raise OutputError("name a command to run after --, e.g. -- python -c 'import dask'")
+    script = conda.activation_script(prefix.absolute(), platform)
+    argv = ["bash", "-c", f'{script}\nexec "$@"', "envbuild-run", *command]
+    try:
+        os.execvpe("bash", argv, {**os.environ, **env})  # noqa: S606 - replacing ourselves
+    except OSError as exc:
+        raise InstallError(f"cannot run bash to activate {prefix}: {exc.strerror}") from None
 
 
 def _migrate_marker(prefix: Path) -> None:

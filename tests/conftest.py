@@ -39,6 +39,24 @@ def _own_package_cache(
     monkeypatch.setenv("ENVBUILD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="session")
+def runnable_channel() -> Path:
+    """The runnable channel (real python, Dask, cupy), built once and cached under build/cache
+    (shared with `make demo`); its wheels are fetched once, with pip."""
+    from envbuild.testing import runnable
+
+    require(runnable.DEBIAN_PYTHON.is_file(), "Debian's python3.11 builds the runnable channel")
+    return runnable.build(REPO / "build" / "cache" / "runnable")
+
+
+def runnable_spec(folder: Path, channel: Path, *, edit: Callable[[str], str] = str) -> Path:
+    """The dask-gpu example, pointed at the runnable channel, written into ``folder``."""
+    text = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+    spec = folder / "envbuild.yaml"
+    spec.write_text(edit(text.replace("[../../build/demo-channel]", f"['{channel}']")))
+    return spec
+
+
 @pytest.fixture
 def scenario(tmp_path: Path) -> Callable[..., Path]:
     """Copy tests/data/NAME into tmp_path, write the fixture channel to ./channel, return

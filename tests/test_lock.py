@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,7 +14,7 @@ from envbuild.locking import lock
 from envbuild.testing.catalog import dask_packages, write_dask_gpu_channel
 from envbuild.testing.channel import Package
 
-from .conftest import REPO, lock_document, target_packages
+from .conftest import lock_document, target_packages
 
 #: What the fixture channel's GPU stack is made of (known from the catalog, not computed).
 CUDA_BUILDS = {"cuda-version", "cuda-cudart", "cuda-cudart_linux-64", "cupy"}
@@ -38,41 +37,6 @@ def assert_consistent(targets: dict[str, dict[str, dict[str, object]]]) -> None:
                     assert a[name]["build"] == b[name]["build"], (name, first, second)
             if same_platform:
                 assert set(a) ^ set(b) <= GPU_ONLY, (first, second, set(a) ^ set(b))
-
-
-def test_dask_gpu_example_locks_one_consistent_environment(tmp_path: Path) -> None:
-    # The example exactly as shipped, with its channel where `make demo` puts it.
-    example = tmp_path / "examples" / "dask-gpu" / "envbuild.yaml"
-    example.parent.mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "dask-gpu" / "envbuild.yaml", example)
-    write_dask_gpu_channel(tmp_path / "build" / "demo-channel")
-
-    outcome = lock(example)
-
-    assert outcome.status == "written"
-    document = lock_document(example.parent / "envbuild.lock")
-    targets = target_packages(document)
-    assert set(targets) == {"cpu/linux-64", "cpu/osx-arm64", "cuda-12.4/linux-64"}
-    assert {r: v["variant"] for r, v in document["roles"].items()} == {
-        "client": "cpu",
-        "scheduler": "cuda-12.4",
-        "worker": "cuda-12.4",
-    }
-    assert_consistent(targets)
-    gpu, cpu = targets["cuda-12.4/linux-64"], targets["cpu/linux-64"]
-    assert {"cupy", "cuda-cudart", "cuda-version"} <= set(gpu)
-    assert not {"cupy", "cuda-cudart", "cuda-version"} & set(cpu)
-    assert gpu["cuda-version"]["version"] == "12.4"
-    assert gpu["cuda-cudart"]["version"] == "12.4.127"
-    assert gpu["dask"]["version"] == targets["cpu/osx-arm64"]["dask"]["version"] == "2024.8.2"
-    assert gpu["python"]["version"].startswith("3.11.")
-    # Virtual packages are declared by the spec, not detected: this machine has no GPU.
-    declared = document["variants"]["cuda-12.4"]["targets"]["linux-64"]["virtual-packages"]
-    assert "__cuda=12.4=0" in declared and "__glibc=2.28=0" in declared
-    assert not any(
-        v.startswith("__cuda")
-        for v in document["variants"]["cpu"]["targets"]["linux-64"]["virtual-packages"]
-    )
 
 
 def test_lock_records_the_real_hashes_of_every_archive(scenario: Callable[..., Path]) -> None:

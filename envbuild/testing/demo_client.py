@@ -1,0 +1,50 @@
+"""The demo's client: runs inside the client role's environment (dask and pandas, no envbuild).
+
+    python demo_client.py SCHEDULER_FILE WORKERS
+
+Waits for the workers, computes a dask.array reduction and a pandas groupby on a worker,
+asks every process which environment it runs (its envbuild stamp), and prints one JSON
+document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def stamp() -> dict[str, object]:
+    """This process's environment: the stamp envbuild wrote into its prefix."""
+    import json as json_
+    import pathlib
+    import sys as sys_
+
+    path = pathlib.Path(sys_.prefix) / "etc" / "envbuild" / "stamp.json"
+    found = json_.loads(path.read_text()) if path.is_file() else {}
+    keys = ("lock", "target", "variant", "platform", "roles")
+    return {"prefix": sys_.prefix, **{k: found.get(k) for k in keys}}
+
+
+def groupby() -> dict[int, int]:
+    """A pandas groupby, run on a worker."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"key": [i % 3 for i in range(30)], "value": range(30)})
+    return {int(k): int(v) for k, v in frame.groupby("key")["value"].sum().items()}
+
+
+def main(scheduler_file: str, workers: int) -> None:
+    import dask.array as da
+    from dask.distributed import Client
+
+    with Client(scheduler_file=scheduler_file, timeout="60s") as client:
+        client.wait_for_workers(workers, timeout=120)
+        total = int(da.arange(1_000_000, chunks=100_000).sum().compute())
+        grouped = client.submit(groupby, pure=False).result()
+        processes = {"client": stamp(), "scheduler": client.run_on_scheduler(stamp)}
+        processes.update({f"worker {a}": s for a, s in sorted(client.run(stamp).items())})
+    print(json.dumps({"array_sum": total, "groupby": grouped, "processes": processes}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
