@@ -18,7 +18,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # it installs them; with sudo it asks once; otherwise it prints the command for an admin).
 VENV_DEBS := $(shell $(PYTHON) -c 'import ensurepip' 2>/dev/null || echo python3-venv)
 # python3.11: Debian's interpreter is the runnable channel's python (envbuild/testing/runnable.py)
-TEST_DEBS := $(VENV_DEBS) gcc libc6-dev python3.11
+# docker.io, debootstrap, docker-registry: the image tests start an engine, a base image and a
+# registry of their own (the demo uses them when it can, and says what it skipped otherwise).
+CONTAINER_DEBS := docker.io debootstrap docker-registry
+TEST_DEBS := $(VENV_DEBS) gcc libc6-dev python3.11 $(CONTAINER_DEBS)
 DEMO_DEBS := $(VENV_DEBS) python3.11
 
 $(STAMP): pyproject.toml
@@ -35,11 +38,13 @@ ROLES   := client scheduler worker
 
 # The main job on the bundled offline example: a channel of real packages made here from
 # pinned wheels and Debian's python (fetched once, then offline), one lock for every role, an
-# export, the three role environments, and a cluster started from them that computes.
+# export, the three role environments, a cluster started from them that computes, then the
+# three role images and the same cluster in containers (when an engine can be had).
 # Wheels, packages and the built channel are cached under build/cache: a re-run takes seconds.
 demo: export ENVBUILD_CACHE_DIR := $(abspath build/cache)
 demo:
 	@scripts/debian-packages.sh $(DEMO_DEBS)
+	@[ "$$(id -u)" != 0 ] || scripts/debian-packages.sh $(CONTAINER_DEBS) || true
 	@$(MAKE) --no-print-directory setup
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/python -m envbuild.testing.runnable build/demo-channel
@@ -50,6 +55,7 @@ demo:
 	  $(BIN)/envbuild env $(EXAMPLE) --role $$role --prefix $(DEMO)/envs/$$role || exit 1; done
 	$(BIN)/envbuild verify $(EXAMPLE) --role worker --prefix $(DEMO)/envs/worker --files
 	$(BIN)/python -m envbuild.testing.cluster $(EXAMPLE) --workdir $(DEMO)
+	$(BIN)/python -m envbuild.testing.containers $(EXAMPLE) --cache build/cache
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

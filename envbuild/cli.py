@@ -377,6 +377,80 @@ def env(
         )
 
 
+@app.command(short_help="Build role images that differ only in their CUDA layer.")
+@handles_errors
+def image(
+    role: RoleOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Every role that runs on linux-64.")] = False,
+    push: Annotated[
+        bool, typer.Option("--push", help="Push to image.repository (credentials: Docker config).")
+    ] = False,
+    context: Annotated[
+        Path | None,
+        typer.Option(
+            "--context",
+            metavar="DIR",
+            help="Write the Dockerfile and layers to DIR and stop: no engine needed; build it "
+            "with docker build, buildah or kaniko.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be built; build nothing.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Stream the engine's log.")
+    ] = False,
+    as_json: JsonOption = False,
+    spec_path: SpecOption = None,
+    lock_path: LockOption = None,
+) -> None:
+    """Build role images from the lock: the base image, a layer of the packages every variant
+    shares, a layer of this variant's own (the CUDA runtime), and the role's files; the
+    entrypoint checks the GPU, then runs the role's command.
+
+    Tags are content-addressed: an unchanged lock builds nothing and pushes no layer.
+    Uses the engine that DOCKER_HOST names (or the default socket).
+    """
+    from envbuild import images, locking
+    from envbuild.cache import package_cache
+    from envbuild.errors import SelectionError
+
+    if (role is None) == (not every):
+        raise SelectionError("choose one role with --role ROLE, or every role with --all")
+    used = locking.locate(spec_path, lock_path)
+    settings = images.image_settings(used.spec, used.lock)
+    roles, skipped = images.select_roles(used.lock, role, every)
+
+    def say(message: str) -> None:
+        if not as_json:
+            print(message, flush=True)
+
+    def engine_log(line: str) -> None:
+        if verbose:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+    for name, why in skipped.items():
+        say(f"{name:<10} skipped: {why}")
+    outcomes = images.build_images(
+        used.lock,
+        settings,
+        roles,
+        cache_dir=package_cache(),
+        push=push,
+        context_dir=context,
+        dry_run=dry_run,
+        log=say,
+        engine_log=engine_log,
+    )
+    if as_json:
+        _print_json(
+            {
+                "images": [o.to_dict() for o in outcomes],
+                "skipped": [{"role": r, "why": w} for r, w in skipped.items()],
+            }
+        )
+
+
 @app.command(short_help="Check that an environment holds exactly the lock (exit 12 if not).")
 @handles_errors
 def verify(

@@ -202,8 +202,13 @@ async def install(
     platform: str,
     show_progress: bool,
     reinstall: Collection[str] = (),
+    installed_as: str | None = None,
 ) -> None:
     """Install exactly ``packages`` into ``prefix``: missing ones are added, others removed.
+
+    ``installed_as``: the path the environment will have where it runs (an image's
+    ``/opt/env``): files land in ``prefix``, and entry points and prefix placeholders name
+    ``installed_as``.
 
     ``reinstall`` names packages to install again although a record for them is there
     (rattler keeps a package whose record was edited as long as its sha256 still matches).
@@ -222,6 +227,7 @@ async def install(
             platform=Subdir(platform),
             show_progress=show_progress,
             reinstall_packages=set(reinstall),
+            alternative_target_prefix=installed_as,
         )
     except Exception as exc:
         text = str(exc).strip()

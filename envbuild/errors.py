@@ -92,6 +92,27 @@ class PrefixMismatchError(EnvbuildError):
     label = "environment differs from the lock"
 
 
+class EngineError(EnvbuildError):
+    """No container engine answers (DOCKER_HOST, or the default socket)."""
+
+    exit_code = 13
+    label = "no container engine"
+
+
+class ImageBuildError(EnvbuildError):
+    """An image cannot be built (base image missing, build failed, platform not buildable)."""
+
+    exit_code = 14
+    label = "image cannot be built"
+
+
+class ImagePushError(EnvbuildError):
+    """An image cannot be pushed (registry refused, unreachable, no credentials)."""
+
+    exit_code = 15
+    label = "image cannot be pushed"
+
+
 #: Exit codes, for --help and the README.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -110,6 +131,9 @@ EXIT_CODES: dict[int, str] = {
             OutputError,
             InstallError,
             PrefixMismatchError,
+            EngineError,
+            ImageBuildError,
+            ImagePushError,
         )
     },
 }

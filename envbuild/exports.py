@@ -24,7 +24,7 @@ import yaml
 from envbuild.atomic import write_atomic
 from envbuild.consistency import dependency_name
 from envbuild.errors import SelectionError
-from envbuild.lockfile import Lock, LockedPackage, LockedTarget
+from envbuild.lockfile import Lock, LockedPackage, LockedTarget, content_digest
 
 Format = Literal["conda-lock", "explicit", "environment", "pixi", "role-file"]
 FORMATS: tuple[Format, ...] = ("conda-lock", "explicit", "environment", "pixi", "role-file")
@@ -58,7 +58,7 @@ def render_role_file(lock: Lock, role: str) -> str:
         "cuda": locked.cuda,
         "compute-capability": locked.compute_capability,
         "gpus": locked.gpus or 1,
-        "lock": lock.spec_hash,
+        "lock": content_digest(lock),
     }
     return json.dumps(document, indent=2) + "\n"
 

@@ -247,6 +247,7 @@ class LockInUse:
     path: Path
     #: None: used without its spec (``--lockfile`` alone)
     fresh: bool | None
+    spec: Path | None = None
 
 
 def locate(spec_path: Path | None, lock_path: Path | None, *, stale_ok: bool = False) -> LockInUse:
@@ -269,8 +270,8 @@ def locate(spec_path: Path | None, lock_path: Path | None, *, stale_ok: bool = F
     lock_path = lock_path or default_lock_path(spec_path)
     current = read_lock(lock_path)
     try:
-        return LockInUse(_current(spec_path, data, current, lock_path), lock_path, True)
+        return LockInUse(_current(spec_path, data, current, lock_path), lock_path, True, spec_path)
     except LockStaleError:
         if not stale_ok:
             raise
-        return LockInUse(current, lock_path, False)
+        return LockInUse(current, lock_path, False, spec_path)

@@ -1,6 +1,6 @@
 """The demo's client: runs inside the client role's environment (dask and pandas, no envbuild).
 
-    python demo_client.py SCHEDULER_FILE WORKERS
+    python demo_client.py SCHEDULER WORKERS      (SCHEDULER: tcp://HOST:PORT, or a scheduler file)
 
 Waits for the workers, computes a dask.array reduction and a pandas groupby on a worker,
 asks every process which environment it runs (its envbuild stamp), and prints one JSON
@@ -33,11 +33,12 @@ def groupby() -> dict[int, int]:
     return {int(k): int(v) for k, v in frame.groupby("key")["value"].sum().items()}
 
 
-def main(scheduler_file: str, workers: int) -> None:
+def main(scheduler: str, workers: int) -> None:
     import dask.array as da
     from dask.distributed import Client
 
-    with Client(scheduler_file=scheduler_file, timeout="60s") as client:
+    where = {"address": scheduler} if "://" in scheduler else {"scheduler_file": scheduler}
+    with Client(**where, timeout="60s") as client:
         client.wait_for_workers(workers, timeout=120)
         total = int(da.arange(1_000_000, chunks=100_000).sum().compute())
         grouped = client.submit(groupby, pure=False).result()

@@ -1,0 +1,259 @@
+"""What a role image is, decided from the lock alone: pure functions, no engine, no files.
+
+Layers, bottom to top:
+
+1. the spec's base image;
+2. ``shared``: the packages every linux-64 variant of the lock holds (same name, version,
+   build and sha256), so the images of every role of one lock carry the same bytes there;
+3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
+   a CPU build pulls in) and the environment's stamp;
+4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the home
+   folder of the image's user.
+
+envbuild writes each layer as a reproducible tar (``envbuild.staging``); identical content
+gives identical layer digests, so a registry stores the shared layer once, and the scheduler
+and worker of one variant share every environment layer. The tag is content-addressed: it
+changes exactly when something that goes into the image changes, so an unchanged lock builds
+and pushes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from envbuild.exports import render_role_file
+from envbuild.lockfile import Lock, LockedPackage, content_digest
+from envbuild.resources import read_template
+
+#: The only platform images are built for (and the platform the tests' engine runs).
+IMAGE_PLATFORM = "linux-64"
+#: Bump when the image layout changes: every tag changes with it.
+IMAGE_FORMAT = "2"
+ENVBUILD_DIR = "/opt/envbuild"
+ROLE_FILE = "/etc/envbuild/role.json"
+#: What a role's image runs when given no command.
+DEFAULT_COMMANDS: Mapping[str, tuple[str, ...]] = {
+    "client": ("python",),
+    "scheduler": ("dask", "scheduler"),
+    "worker": ("dask", "worker"),
+}
+LABEL_PREFIX = "io.envbuild"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The spec's ``image:`` section, as the image code needs it."""
+
+    base: str
+    repository: str
+    prefix: str = "/opt/env"
+    user: str = "dask"
+    uid: int = 1000
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """Which packages of a variant go into the shared layer and which into its own."""
+
+    shared: tuple[LockedPackage, ...]
+    variant: tuple[LockedPackage, ...]
+
+
+def _identity(package: LockedPackage) -> tuple[str, str, str, str]:
+    return (package.name, package.version, package.build, package.sha256)
+
+
+def split_layers(lock: Lock, variant: str) -> LayerSplit:
+    """The shared packages (in every linux-64 variant, byte for byte) and ``variant``'s own."""
+    targets = [t for t in lock.targets if t.platform == IMAGE_PLATFORM]
+    common = set.intersection(*({_identity(p) for p in t.packages} for t in targets))
+    mine = next(t for t in targets if t.variant == variant)
+    shared = tuple(p for p in mine.packages if _identity(p) in common)
+    own = tuple(p for p in mine.packages if _identity(p) not in common)
+    return LayerSplit(shared, own)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One role image: where it comes from, what goes into it, and its name."""
+
+    role: str
+    variant: str
+    settings: ImageSettings
+    split: LayerSplit
+    labels: Mapping[str, str]
+    dockerfile: str
+    entrypoint: str
+    role_file: str
+    digest: str
+    #: the role's Dockerfile on top of an image that holds the environment ({base})
+    role_dockerfile: str = ""
+
+    @property
+    def tag(self) -> str:
+        """``worker-cuda-12.4-<12 hex>``: role, variant and a digest of everything inside."""
+        return f"{self.role}-{self.variant}-{self.digest.removeprefix('sha256:')[:12]}"
+
+    @property
+    def reference(self) -> str:
+        return f"{self.settings.repository}:{self.tag}"
+
+
+def buildable_roles(lock: Lock) -> tuple[list[str], dict[str, str]]:
+    """Roles with a linux-64 target, and why each other role has no image."""
+    roles, skipped = [], {}
+    for role in lock.roles:
+        if IMAGE_PLATFORM in role.platforms:
+            roles.append(role.name)
+        else:
+            platforms = ", ".join(role.platforms)
+            skipped[role.name] = f"locked for {platforms} only; images are built for linux-64"
+    return roles, skipped
+
+
+def image_labels(
+    lock: Lock, role: str, settings: ImageSettings, lock_digest: str
+) -> dict[str, str]:
+    """OCI labels and envbuild's own, sorted by key."""
+    locked = lock.role(role)
+    labels = {
+        "org.opencontainers.image.title": f"{lock.name}-{role}",
+        "org.opencontainers.image.description": (
+            f"The {role} of the {lock.name} Dask cluster, from envbuild.lock {lock_digest[:19]}"
+        ),
+        "org.opencontainers.image.base.name": settings.base,
+        f"{LABEL_PREFIX}.lock": lock_digest,
+        f"{LABEL_PREFIX}.spec-hash": lock.spec_hash,
+        f"{LABEL_PREFIX}.role": role,
+        f"{LABEL_PREFIX}.variant": locked.variant,
+        f"{LABEL_PREFIX}.platform": IMAGE_PLATFORM,
+        f"{LABEL_PREFIX}.cuda": locked.cuda or "none",
+        f"{LABEL_PREFIX}.compute-capability": locked.compute_capability or "any",
+        f"{LABEL_PREFIX}.gpus": str(locked.gpus),
+    }
+    return dict(sorted(labels.items()))
+
+
+def _environment(
+    lock: Lock, role: str, settings: ImageSettings, lock_digest: str
+) -> dict[str, str]:
+    locked = lock.role(role)
+    home = f"/home/{settings.user}"
+    environment = {
+        "PATH": f"{settings.prefix}/bin:{SYSTEM_PATH}",
+        "CONDA_PREFIX": settings.prefix,
+        "ENVBUILD_ROLE": role,
+        "ENVBUILD_VARIANT": locked.variant,
+        "ENVBUILD_LOCK": lock_digest,
+        "ENVBUILD_ROLE_FILE": ROLE_FILE,
+        "HOME": home,
+        "USER": settings.user,
+        "LOGNAME": settings.user,
+    }
+    if locked.cuda:
+        # The NVIDIA container runtime mounts the driver only when these are set.
+        environment["NVIDIA_VISIBLE_DEVICES"] = "all"
+        environment["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+    return environment
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)
+
+
+LAYER_FILES = ("shared.tar", "variant.tar", "role.tar")
+#: The environment part of a role image, built once per variant by the engine path.
+ENV_DOCKERFILE = "FROM {base}\nADD shared.tar /\nADD variant.tar /\n"
+
+
+def render_dockerfile(
+    lock: Lock,
+    role: str,
+    settings: ImageSettings,
+    labels: Mapping[str, str],
+    environment: Mapping[str, str],
+    command: Sequence[str],
+    lock_digest: str,
+    *,
+    base: str | None = None,
+    layers: Sequence[str] = LAYER_FILES,
+) -> str:
+    """The role's Dockerfile (templates/Dockerfile): ADD of the layer tars, ENV, LABEL, a
+    numeric USER, the entrypoint and the role's default command. ``base`` and ``layers``
+    build it on top of an image that holds the environment already (the engine path)."""
+    continuation = " \\\n    "
+    return string.Template(read_template("Dockerfile")).substitute(
+        lock_name=lock.name,
+        lock_digest=lock_digest[:19],
+        role=role,
+        variant=lock.role(role).variant,
+        base=base or settings.base,
+        adds="\n".join(f"ADD {layer} /" for layer in layers),
+        env=continuation.join(f"{k}={_quoted(v)}" for k, v in environment.items()),
+        labels=continuation.join(f"{_quoted(k)}={_quoted(v)}" for k, v in labels.items()),
+        uid=settings.uid,
+        home=f"/home/{settings.user}",
+        envbuild_dir=ENVBUILD_DIR,
+        command=json.dumps(list(command)),
+    )
+
+
+def render_entrypoint(role: str, variant: str, settings: ImageSettings) -> str:
+    """The entrypoint (templates/entrypoint.sh): activate, check the GPU, exec."""
+    return string.Template(read_template("entrypoint.sh")).substitute(
+        role=role,
+        variant=variant,
+        prefix=settings.prefix,
+        role_file=ROLE_FILE,
+        envbuild_dir=ENVBUILD_DIR,
+    )
+
+
+def plan_image(lock: Lock, role: str, settings: ImageSettings, gpucheck_source: str) -> ImagePlan:
+    """Everything about ``role``'s image that the lock and the settings decide."""
+    locked = lock.role(role)
+    lock_digest = content_digest(lock)
+    labels = image_labels(lock, role, settings, lock_digest)
+    environment = _environment(lock, role, settings, lock_digest)
+    command = DEFAULT_COMMANDS[role]
+    dockerfile = render_dockerfile(lock, role, settings, labels, environment, command, lock_digest)
+    role_dockerfile = render_dockerfile(
+        lock,
+        role,
+        settings,
+        labels,
+        environment,
+        command,
+        lock_digest,
+        base="{base}",
+        layers=("role.tar",),
+    )
+    entrypoint = render_entrypoint(role, locked.variant, settings)
+    role_file = render_role_file(lock, role)
+    split = split_layers(lock, locked.variant)
+    digest = hashlib.sha256()
+    for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file, gpucheck_source):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    for layer in (split.shared, split.variant):
+        for package in layer:
+            digest.update(" ".join(_identity(package)).encode() + b"\n")
+        digest.update(b"\0")
+    digest.update(f"{settings.prefix} {settings.user} {settings.uid}".encode())
+    return ImagePlan(
+        role=role,
+        variant=locked.variant,
+        settings=settings,
+        split=split,
+        labels=labels,
+        dockerfile=dockerfile,
+        entrypoint=entrypoint,
+        role_file=role_file,
+        digest="sha256:" + digest.hexdigest(),
+        role_dockerfile=role_dockerfile,
+    )

@@ -1,0 +1,272 @@
+"""``envbuild image``: role images from the lock, built on a container engine.
+
+For each role: plan the image from the lock (``envbuild.imageplan``, pure); when the engine
+has its content-addressed tag already, there is nothing to build; otherwise stage the
+variant (once for the roles that share it) and write the build context
+(``envbuild.staging``), build it (``envbuild.engine``), and push it when asked. ``--context``
+stops after writing the context: no engine is needed, and any builder takes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from envbuild import gpucheck, staging
+from envbuild.errors import ImageBuildError, ImagePushError
+from envbuild.imageplan import (
+    ENV_DOCKERFILE,
+    ImagePlan,
+    ImageSettings,
+    buildable_roles,
+    plan_image,
+)
+from envbuild.lockfile import Lock
+
+if TYPE_CHECKING:
+    from envbuild.engine import Engine
+
+Log = Callable[[str], None]
+Status = Literal["built", "up-to-date", "context", "planned", "skipped"]
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one role's image."""
+
+    role: str
+    variant: str
+    reference: str
+    status: Status
+    seconds: float = 0.0
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image_layers: list[str] = field(default_factory=list)
+    pushed: int | None = None
+    already_in_registry: int | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_repository(lock: Lock) -> str:
+    """Where images are tagged when the spec names no image.repository."""
+    return f"envbuild/{lock.name}"
+
+
+def image_settings(spec_path: Path | None, lock: Lock) -> ImageSettings:
+    """The spec's image section (its defaults for a lock used without its spec)."""
+    from envbuild.spec import ImageSettings as SpecImageSettings
+    from envbuild.specfile import load_spec
+
+    section = load_spec(spec_path, full=False).spec.image if spec_path else SpecImageSettings()
+    return ImageSettings(
+        base=section.base,
+        repository=section.repository or default_repository(lock),
+        prefix=section.prefix,
+        user=section.user,
+        uid=section.uid,
+    )
+
+
+def gpucheck_source() -> bytes:
+    """The standalone GPU check, as it is copied into images."""
+    return Path(gpucheck.__file__).read_bytes()
+
+
+def select_roles(lock: Lock, role: str | None, every: bool) -> tuple[list[str], dict[str, str]]:
+    """The roles to build and the roles left out (with why). ``--role`` of a role that has no
+    linux-64 target is an error; ``--all`` leaves it out with a note."""
+    buildable, skipped = buildable_roles(lock)
+    if every:
+        return buildable, skipped
+    assert role is not None
+    lock.role(role)  # SelectionError names the roles there are
+    if role in skipped:
+        raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
+    return [role], {}
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000  # type: ignore[assignment]
+    return f"{size} B"
+
+
+def build_images(
+    lock: Lock,
+    settings: ImageSettings,
+    roles: Sequence[str],
+    *,
+    cache_dir: Path,
+    push: bool = False,
+    context_dir: Path | None = None,
+    dry_run: bool = False,
+    log: Log,
+    engine_log: Log,
+) -> list[ImageOutcome]:
+    """Build (or plan, or write the context of) each role's image; see the module docs."""
+    source = gpucheck_source()
+    plans = [plan_image(lock, role, settings, source.decode()) for role in roles]
+    if context_dir is not None:
+        return [
+            _write_context(lock, plan, context_dir, len(plans) > 1, cache_dir, source, log)
+            for plan in plans
+        ]
+    from envbuild.engine import Engine
+
+    engine = Engine.connect()
+    if dry_run:
+        return [_plan_only(engine, plan, log) for plan in plans]
+    if push and settings.repository.startswith("envbuild/"):
+        raise ImagePushError(
+            f"no registry to push {settings.repository} to: set image.repository in envbuild.yaml "
+            "(e.g. registry.example.com/dask-gpu)"
+        )
+    outcomes = []
+    environments: dict[str, str] = {}  # variant -> image holding its environment layers
+    for plan in plans:
+        outcome = _build_one(engine, lock, plan, cache_dir, source, log, engine_log, environments)
+        if push:
+            started = time.perf_counter()
+            result = engine.push(plan.reference, engine_log)
+            outcome.pushed, outcome.already_in_registry = result.pushed, result.existing
+            log(
+                f"{plan.role:<10} pushed {plan.reference}: {result.pushed} layers sent, "
+                f"{result.existing} already there, in {time.perf_counter() - started:.1f} s"
+            )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _plan_only(engine: Engine, plan: ImagePlan, log: Log) -> ImageOutcome:
+    present = engine.has_image(plan.reference)
+    status: Status = "up-to-date" if present else "planned"
+    split = f"{len(plan.split.shared)} shared packages, {len(plan.split.variant)} of its own"
+    state = "in the engine" if present else "would be built"
+    log(f"{plan.role:<10} {plan.variant:<10} {plan.reference}: {state} ({split})")
+    return ImageOutcome(plan.role, plan.variant, plan.reference, status)
+
+
+def _layers_summary(layers: dict[str, staging.Layer]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"size": layer.size, "sha256": layer.sha256, "files": layer.files}
+        for name, layer in layers.items()
+    }
+
+
+def _write_context(
+    lock: Lock,
+    plan: ImagePlan,
+    context_dir: Path,
+    per_role: bool,
+    cache_dir: Path,
+    source: bytes,
+    log: Log,
+) -> ImageOutcome:
+    started = time.perf_counter()
+    target = context_dir / plan.role if per_role else context_dir
+    layers = staging.write_context(
+        lock,
+        plan,
+        target,
+        work=staging.scratch(cache_dir),
+        cache_dir=cache_dir,
+        gpucheck_source=source,
+    )
+    seconds = time.perf_counter() - started
+    sizes = ", ".join(f"{n} {_size(layer.size)}" for n, layer in layers.items())
+    log(
+        f"{plan.role:<10} {plan.variant:<10} context in {target} ({sizes}) in {seconds:.1f} s; "
+        f"build it with: docker build -t {plan.reference} {target}"
+    )
+    return ImageOutcome(
+        plan.role, plan.variant, plan.reference, "context", seconds, _layers_summary(layers)
+    )
+
+
+def _build_one(
+    engine: Engine,
+    lock: Lock,
+    plan: ImagePlan,
+    cache_dir: Path,
+    source: bytes,
+    log: Log,
+    engine_log: Log,
+    environments: dict[str, str],
+) -> ImageOutcome:
+    """Build one role's image in two steps: the variant's environment (base, shared and
+    variant layers) once per variant, then the role's layer on top of it. The result has the
+    layers the single Dockerfile of ``--context`` gives, and the hundreds of megabytes of the
+    environment go to the engine once per variant, not once per role."""
+    started = time.perf_counter()
+    if engine.has_image(plan.reference):
+        log(f"{plan.role:<10} {plan.variant:<10} {plan.reference} is up to date: nothing built")
+        return ImageOutcome(
+            plan.role,
+            plan.variant,
+            plan.reference,
+            "up-to-date",
+            image_layers=engine.layers(plan.reference),
+        )
+    engine.require_base(plan.settings.base, log)
+    work = staging.scratch(cache_dir)
+    layers: dict[str, staging.Layer] = {}
+    if plan.variant not in environments:
+        with _context(work, f"env-{plan.variant}") as context:
+            layers.update(
+                staging.write_context(
+                    lock,
+                    plan,
+                    context,
+                    work=work,
+                    cache_dir=cache_dir,
+                    gpucheck_source=source,
+                    parts=("shared", "variant"),
+                    dockerfile=ENV_DOCKERFILE.format(base=plan.settings.base),
+                )
+            )
+            environments[plan.variant] = engine.build(context, None, engine_log)
+    with _context(work, plan.role) as context:
+        layers.update(
+            staging.write_context(
+                lock,
+                plan,
+                context,
+                work=work,
+                cache_dir=cache_dir,
+                gpucheck_source=source,
+                parts=("role",),
+                dockerfile=plan.role_dockerfile.replace("{base}", environments[plan.variant]),
+            )
+        )
+        engine.build(context, plan.reference, engine_log)
+    seconds = time.perf_counter() - started
+    sizes = ", ".join(f"{n} {_size(layer.size)}" for n, layer in layers.items())
+    log(f"{plan.role:<10} {plan.variant:<10} built {plan.reference} ({sizes}) in {seconds:.1f} s")
+    return ImageOutcome(
+        plan.role,
+        plan.variant,
+        plan.reference,
+        "built",
+        seconds,
+        _layers_summary(layers),
+        engine.layers(plan.reference),
+    )
+
+
+@contextmanager
+def _context(work: Path, name: str) -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(dir=work, prefix=f"context-{name}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,282 @@
+"""Staging role images: a build context any builder takes (docker build, buildah, kaniko).
+
+1. Install the variant's locked packages on this machine, with rattler, into a staging folder
+   whose files say the image's prefix (``/opt/env``): the existing environment code, so local
+   archives are sha256-checked against the lock first, and nothing is fetched during the
+   image build.
+2. Make the staged prefix the same on every machine: conda-meta records lose the paths of
+   this machine's package cache, files that belong to no package (rattler's
+   ``conda-meta/history`` holds timestamps) are left out, and the stamp is written.
+3. Write the layers as tars, each file in exactly one: the packages every variant shares,
+   this variant's own (with the stamp), and the role's files. Members are sorted, with mtime
+   0, root-owned (the user's home excepted) and modes 0644/0755, so identical content gives
+   identical bytes, and identical layer digests on any engine.
+4. Put the Dockerfile beside them.
+
+The staged prefix and the layers are cached under the package cache's folder by the plan's
+content, so building the other roles of a variant, or the same image again, stages nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from envbuild.atomic import write_atomic
+from envbuild.environments import STAMP, check_local_archives, make_stamp
+from envbuild.errors import ImageBuildError, OutputError
+from envbuild.imageplan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
+from envbuild.lockfile import Lock, LockedPackage
+
+LAYERS = ("shared", "variant", "role")
+#: Record fields that name this machine (its package cache), not the package.
+_HOST_FIELDS = ("extracted_package_dir", "link", "package_tarball_full_path")
+_NOT_PACKAGED = ("conda-meta/history", "CACHEDIR.TAG")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A written layer tar."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    files: int
+
+
+def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> Path:
+    """The variant's locked packages installed into ``work`` for the image's prefix, made the
+    same on every machine; reused when ``work`` holds it already."""
+    target = lock.role_target(plan.role, "linux-64")
+    key = hashlib.sha256(
+        "\n".join([plan.settings.prefix, *sorted(p.sha256 for p in target.packages)]).encode()
+    ).hexdigest()[:16]
+    staged = work / f"stage-{plan.variant}-{key}"
+    if (staged / ".complete").is_file():
+        return staged
+    shutil.rmtree(staged, ignore_errors=True)
+    root = staged / "root"
+    check_local_archives(target.packages, cache_dir)
+    from envbuild import conda
+
+    try:
+        asyncio.run(
+            conda.install(
+                target.packages,
+                root,
+                cache_dir=cache_dir,
+                platform="linux-64",
+                show_progress=False,
+                installed_as=plan.settings.prefix,
+            )
+        )
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    for name in _NOT_PACKAGED:
+        (root / name).unlink(missing_ok=True)
+    for record in (root / "conda-meta").glob("*.json"):
+        document = json.loads(record.read_text(encoding="utf-8"))
+        for field in _HOST_FIELDS:
+            document.pop(field, None)
+        record.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    (staged / ".complete").write_text(plan.variant + "\n")
+    return staged
+
+
+def owned_paths(root: Path, packages: Iterable[LockedPackage]) -> list[str]:
+    """Paths (relative to the prefix) of ``packages``: their files and their records."""
+    paths: list[str] = []
+    records = {p.name: p for p in packages}
+    for record in sorted((root / "conda-meta").glob("*.json")):
+        document = json.loads(record.read_text(encoding="utf-8"))
+        if document.get("name") not in records:
+            continue
+        paths.append(f"conda-meta/{record.name}")
+        paths += [entry["_path"] for entry in document.get("paths_data", {}).get("paths", [])]
+    return paths
+
+
+def _directories(paths: Iterable[str]) -> set[str]:
+    folders: set[str] = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        for end in range(1, len(parts) + 1):
+            folders.add("/".join(parts[:end]))
+    return folders
+
+
+def _member(name: str, kind: bytes, mode: int, owner: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = 0
+    info.uid = info.gid = owner
+    info.uname = info.gname = ""
+    return info
+
+
+def write_layer(
+    path: Path,
+    name: str,
+    files: Mapping[str, Path | bytes],
+    *,
+    owned_folders: Mapping[str, int] | None = None,
+) -> Layer:
+    """A reproducible layer tar: ``files`` (path in the image -> staged file or bytes) and
+    every folder above them; ``owned_folders``: folders with another owner (the home).
+
+    ``path`` names its content: when it exists (with its digest beside it), it is reused."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if path.is_file() and sidecar.is_file():
+        return Layer(name, path, path.stat().st_size, sidecar.read_text().strip(), len(files))
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_tar(tmp, files, owned_folders or {})
+    digest = hashlib.sha256()
+    with tmp.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    tmp.replace(path)
+    sidecar.write_text("sha256:" + digest.hexdigest() + "\n")
+    return Layer(name, path, path.stat().st_size, "sha256:" + digest.hexdigest(), len(files))
+
+
+def _write_tar(
+    path: Path, files: Mapping[str, Path | bytes], owned_folders: Mapping[str, int]
+) -> None:
+    owners = dict(owned_folders)
+    entries: dict[str, tarfile.TarInfo] = {}
+    # Every folder above a member is a member too (mtime 0): a folder left out would keep
+    # the time of the build that created something inside it.
+    for folder in sorted(_directories([*files, *owners]) | set(owners)):
+        entries[folder] = _member(folder, tarfile.DIRTYPE, 0o755, owners.get(folder, 0))
+    with (
+        path.open("wb") as handle,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for member in sorted({*entries, *files}):
+            if member in entries:
+                tar.addfile(entries[member])
+                continue
+            source = files[member]
+            if isinstance(source, bytes):
+                mode = 0o755 if source.startswith(b"#!") else 0o644
+                info = _member(member, tarfile.REGTYPE, mode)
+                info.size = len(source)
+                tar.addfile(info, io.BytesIO(source))
+                continue
+            status = source.lstat()
+            if stat.S_ISLNK(status.st_mode):
+                info = _member(member, tarfile.SYMTYPE, 0o777)
+                info.linkname = str(source.readlink())
+                tar.addfile(info)
+            elif stat.S_ISREG(status.st_mode):
+                mode = 0o755 if status.st_mode & 0o111 else 0o644
+                info = _member(member, tarfile.REGTYPE, mode)
+                info.size = status.st_size
+                with source.open("rb") as content:
+                    tar.addfile(info, content)
+            elif stat.S_ISDIR(status.st_mode):
+                tar.addfile(_member(member, tarfile.DIRTYPE, 0o755))
+
+
+def _in_image(prefix: str, path: str) -> str:
+    return f"{prefix.strip('/')}/{path}"
+
+
+def _key(*parts: Iterable[str] | str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            digest.update(part)
+        elif isinstance(part, str):
+            digest.update(part.encode())
+        else:
+            digest.update("\n".join(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_context(
+    lock: Lock,
+    plan: ImagePlan,
+    context: Path,
+    *,
+    work: Path,
+    cache_dir: Path,
+    gpucheck_source: bytes,
+    parts: Sequence[str] = LAYERS,
+    dockerfile: str | None = None,
+) -> dict[str, Layer]:
+    """Write ``plan``'s build context into ``context``: a Dockerfile (``plan.dockerfile``
+    unless given) and the layer tars named in ``parts``. Layers already written (another role
+    of the variant, the same image again) are linked, not written again: each is named by
+    its content."""
+    layers: dict[str, tuple[Path, dict[str, Path | bytes], dict[str, int] | None]] = {}
+    prefix = plan.settings.prefix
+    if {"shared", "variant"} & set(parts):
+        root = stage_variant(lock, plan, work, cache_dir) / "root"
+        shared_paths = owned_paths(root, plan.split.shared)
+        own_paths = [p for p in owned_paths(root, plan.split.variant) if p not in shared_paths]
+        target = lock.role_target(plan.role, "linux-64")
+        stamp = (json.dumps(make_stamp(lock, target), indent=2) + "\n").encode()
+        shared: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in shared_paths}
+        own: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in own_paths}
+        own[_in_image(prefix, str(STAMP))] = stamp
+        shared_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.shared]
+        own_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.variant]
+        layers["shared"] = (work / f"shared-{_key(prefix, shared_ids)}.tar", shared, None)
+        layers["variant"] = (work / f"variant-{_key(prefix, own_ids, stamp)}.tar", own, None)
+    role_files: dict[str, Path | bytes] = {
+        ROLE_FILE.lstrip("/"): plan.role_file.encode(),
+        f"{ENVBUILD_DIR.lstrip('/')}/entrypoint.sh": plan.entrypoint.encode(),
+        f"{ENVBUILD_DIR.lstrip('/')}/gpucheck.py": gpucheck_source,
+    }
+    layers["role"] = (
+        work / f"role-{plan.role}-{plan.digest.removeprefix('sha256:')[:16]}.tar",
+        role_files,
+        {f"home/{plan.settings.user}": plan.settings.uid},
+    )
+    written: dict[str, Layer] = {}
+    try:
+        context.mkdir(parents=True, exist_ok=True)
+        for name, (path, files, owners) in layers.items():
+            if name not in parts:
+                continue
+            layer = write_layer(path, name, files, owned_folders=owners)
+            _link(path, context / f"{name}.tar")
+            written[name] = Layer(
+                name, context / f"{name}.tar", layer.size, layer.sha256, layer.files
+            )
+        write_atomic(context / "Dockerfile", dockerfile or plan.dockerfile)
+    except OSError as exc:
+        raise OutputError(f"{context}: cannot write the build context: {exc}") from None
+    return written
+
+
+def _link(source: Path, destination: Path) -> None:
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
+def scratch(cache_dir: Path) -> Path:
+    """Where staged prefixes and layers are kept: beside the package cache."""
+    folder = cache_dir.parent / "images"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageBuildError(f"{folder}: cannot stage images there: {exc.strerror}") from None
+    return folder

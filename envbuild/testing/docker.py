@@ -1,0 +1,261 @@
+"""A Docker engine, a base image and a registry started on this machine, for the image tests
+and ``make demo``; nothing outside the machine is needed but Debian's mirror (once, for the
+base image).
+
+- ``engine()``: Debian's ``dockerd`` on a temporary data root and its own socket (no
+  iptables, no bridge: containers use the host network), stopped by PID.
+- ``base_image()``: a minimal Debian bookworm made with ``debootstrap`` (with the libraries
+  the runnable channel's python loads), trimmed and tarred reproducibly (sorted, mtime 0),
+  cached, and imported into the engine.
+- ``registry()``: Debian's ``docker-registry`` on 127.0.0.1 (Docker treats loopback
+  registries as insecure: no TLS needed), stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_REFERENCE = "envbuild-demo/base:bookworm"
+#: What the runnable channel's python and the wheels load from the system.
+BASE_PACKAGES = (
+    "ca-certificates",
+    "libbz2-1.0",
+    "libdb5.3",
+    "libexpat1",
+    "libffi8",
+    "liblzma5",
+    "libncursesw6",
+    "libnsl2",
+    "libreadline8",
+    "libsqlite3-0",
+    "libssl3",
+    "libstdc++6",
+    "libtinfo6",
+    "libtirpc3",
+    "libuuid1",
+    "zlib1g",
+)
+MIRROR = "http://deb.debian.org/debian"
+#: Trimmed from the base: package lists, caches, documentation, logs.
+TRIMMED = (
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+    "usr/share/info",
+    "var/log",
+)
+
+
+class SetupError(Exception):
+    """An engine, base image or registry cannot be had here; the message says why."""
+
+
+def tools_missing() -> list[str]:
+    """The commands the engine, the base image and the registry need that are missing."""
+    needed = ("dockerd", "debootstrap", "docker-registry")
+    return [tool for tool in needed if shutil.which(tool) is None]
+
+
+def usable() -> str | None:
+    """Why no engine can be started here (None: it can)."""
+    if os.geteuid() != 0:
+        return "starting a Docker engine needs root"
+    missing = tools_missing()
+    if missing:
+        packages = "docker.io debootstrap docker-registry"
+        return f"{', '.join(missing)} not installed (apt-get install {packages})"
+    return None
+
+
+def _wait(condition: object, what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-800:] if log and log.exists() else ""
+    raise SetupError(f"{what} did not come up in {timeout:.0f} s: {tail}")
+
+
+@contextlib.contextmanager
+def engine(data_root: Path | None = None) -> Iterator[str]:
+    """A private dockerd; yields its DOCKER_HOST. ``data_root`` keeps its images for the
+    next start (the demo); by default they go with it."""
+    # A short path: the engine's sockets live under it, and unix socket paths are short.
+    folder = Path(tempfile.mkdtemp(prefix="ebd-", dir="/tmp"))
+    socket_path = folder / "docker.sock"
+    log = folder / "dockerd.log"
+    data = data_root.absolute() if data_root else folder / "data"
+    command = [
+        "dockerd",
+        "--data-root",
+        str(data),
+        "--exec-root",
+        str(folder / "exec"),
+        "--pidfile",
+        str(folder / "dockerd.pid"),
+        "-H",
+        f"unix://{socket_path}",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    host = f"unix://{socket_path}"
+    try:
+        _wait(lambda: answers(host), "dockerd", 60, log)
+        yield host
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def answers(host: str) -> bool:
+    path = host.removeprefix("unix://")
+    if not Path(path).exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as client:
+        try:
+            client.connect(path)
+            client.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b"200 OK" in client.recv(256)
+        except OSError:
+            return False
+
+
+def base_tar(cache: Path) -> Path:
+    """The base image as a reproducible tar, made with debootstrap once and cached."""
+    key = hashlib.sha256(" ".join((*BASE_PACKAGES, MIRROR, "1")).encode()).hexdigest()[:12]
+    path = cache / f"base-bookworm-{key}.tar"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".rootfs-") as tmp:
+        root = Path(tmp) / "root"
+        done = subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                "bookworm",
+                str(root),
+                MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            last = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            raise SetupError(f"debootstrap failed: {' | '.join(last)}")
+        for part in TRIMMED:
+            shutil.rmtree(root / part, ignore_errors=True)
+        staged = Path(tmp) / "base.tar"
+        subprocess.run(
+            [
+                "tar",
+                "-C",
+                str(root),
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+                str(staged),
+                ".",
+            ],
+            check=True,
+        )
+        staged.replace(path)
+    return path
+
+
+def import_base(host: str, tar: Path, reference: str = BASE_REFERENCE) -> str:
+    """Import the base tar into the engine at ``host``, as ``reference``."""
+    import docker
+
+    client = docker.DockerClient(base_url=host)
+    try:
+        repository, _, tag = reference.rpartition(":")
+        client.api.import_image(src=str(tar), repository=repository, tag=tag)
+    finally:
+        client.close()
+    return reference
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A running registry: its address, and the folder it stores blobs in."""
+
+    address: str
+    storage: Path
+
+    def stored_bytes(self) -> int:
+        """Bytes of the blobs (layers and configs) the registry holds."""
+        blobs = self.storage / "docker" / "registry" / "v2" / "blobs"
+        return sum(p.stat().st_size for p in blobs.rglob("data") if p.is_file())
+
+
+@contextlib.contextmanager
+def registry() -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1."""
+    folder = Path(tempfile.mkdtemp(prefix="envbuild-registry-"))
+    port = free_port()
+    (folder / "config.yml").write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    log = folder / "registry.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["docker-registry", "serve", str(folder / "config.yml")],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait(lambda: _registry_answers(address), "docker-registry", 30, log)
+        yield Registry(address, folder / "data")
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _registry_answers(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=1) as answer:
+            return int(answer.status) == 200
+    except OSError:
+        return False
