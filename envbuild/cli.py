@@ -231,12 +231,30 @@ def show(
         bool,
         typer.Option("--packages", help="Also list every package's version, per role and target."),
     ] = False,
+    prefix: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefix",
+            help="Show what the environment at PREFIX runs (its stamp: lock, variant, roles) "
+            "and whether it is the lock in use.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show roles and their variants, package counts per target, and what differs between
     variants (and why it may). A stale lock is shown, and marked STALE."""
     from envbuild import locking, report
 
+    if prefix is not None:
+        from envbuild.environments import read_stamp
+        from envbuild.lockfile import content_digest
+
+        digest = None
+        if spec_path or lock_path or Path(locking.SPEC_FILE_NAME).exists():
+            digest = content_digest(locking.locate(spec_path, lock_path, stale_ok=True).lock)
+        found = report.summarize_stamp(str(prefix), read_stamp(prefix), digest)
+        _print_json(found) if as_json else print(report.render_stamp(found))
+        return
     used = locking.locate(spec_path, lock_path, stale_ok=True)
     summary = report.summarize(used.lock, fresh=used.fresh, packages=packages)
     if as_json:

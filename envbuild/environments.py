@@ -443,6 +443,10 @@ def create_env(
             _migrate_marker(prefix)
         report = verify_prefix(target, prefix, files=repair) if existed else None
         if report is not None and report.clean:
+            write_runtime(prefix)  # made by an envbuild that did not copy it yet
+            stamp = make_stamp(lock, target)
+            if read_stamp(prefix) != stamp:  # same packages, another lock: say the new one
+                write_atomic(prefix / STAMP, json.dumps(stamp, indent=2) + "\n")
             return EnvOutcome(
                 prefix,
                 str(target.target),
@@ -504,8 +508,24 @@ def _install(
             reinstall=reinstall,
         )
     )
+    write_runtime(prefix)
     write_atomic(prefix / STAMP, json.dumps(make_stamp(lock, target), indent=2) + "\n")
     return to_fetch
+
+
+def write_runtime(prefix: Path) -> None:
+    """The GPU check and the Dask guard, for ``envbuild run`` (envbuild.runtime)."""
+    from envbuild import runtime
+
+    for name, content in runtime.files().items():
+        path = prefix / runtime.PREFIX_FOLDER / name
+        try:
+            if path.read_bytes() == content:
+                continue
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, content)
 
 
 def default_prefix(lock_path: Path, role: str) -> Path:
@@ -520,10 +540,16 @@ def exec_in(prefix: Path, platform: str, command: Sequence[str], env: Mapping[st
 
     if not command:
         raise OutputError("name a command to run after --, e.g. -- python -c 'import dask'")
+    from envbuild import runtime
+
+    with contextlib.suppress(OutputError, OSError):  # a read-only prefix keeps what it has
+        write_runtime(prefix)  # the guard and check of the envbuild that runs it
     script = conda.activation_script(prefix.absolute(), platform)
     argv = ["bash", "-c", f'{script}\nexec "$@"', "envbuild-run", *command]
+    path = [str(prefix.absolute() / runtime.PREFIX_FOLDER), os.environ.get("PYTHONPATH", "")]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), **env}
     try:
-        os.execvpe("bash", argv, {**os.environ, **env})  # noqa: S606 - replacing ourselves
+        os.execvpe("bash", argv, environment)  # noqa: S606 - replacing ourselves
     except OSError as exc:
         raise InstallError(f"cannot run bash to activate {prefix}: {exc.strerror}") from None
 

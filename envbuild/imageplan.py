@@ -32,14 +32,14 @@ from envbuild.resources import read_template
 #: The only platform images are built for (and the platform the tests' engine runs).
 IMAGE_PLATFORM = "linux-64"
 #: Bump when the image layout changes: every tag changes with it.
-IMAGE_FORMAT = "2"
+IMAGE_FORMAT = "3"
 ENVBUILD_DIR = "/opt/envbuild"
 ROLE_FILE = "/etc/envbuild/role.json"
-#: What a role's image runs when given no command.
+#: What a role's image runs when given no command (the Dask guard preloaded).
 DEFAULT_COMMANDS: Mapping[str, tuple[str, ...]] = {
     "client": ("python",),
-    "scheduler": ("dask", "scheduler"),
-    "worker": ("dask", "worker"),
+    "scheduler": ("dask", "scheduler", "--preload", "envbuild.dask"),
+    "worker": ("dask", "worker", "--preload", "envbuild.dask"),
 }
 LABEL_PREFIX = "io.envbuild"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -151,6 +151,7 @@ def _environment(
         "ENVBUILD_VARIANT": locked.variant,
         "ENVBUILD_LOCK": lock_digest,
         "ENVBUILD_ROLE_FILE": ROLE_FILE,
+        "PYTHONPATH": ENVBUILD_DIR,  # the GPU check and the Dask guard (envbuild.runtime)
         "HOME": home,
         "USER": settings.user,
         "LOGNAME": settings.user,
@@ -214,7 +215,9 @@ def render_entrypoint(role: str, variant: str, settings: ImageSettings) -> str:
     )
 
 
-def plan_image(lock: Lock, role: str, settings: ImageSettings, gpucheck_source: str) -> ImagePlan:
+def plan_image(
+    lock: Lock, role: str, settings: ImageSettings, runtime: Mapping[str, bytes]
+) -> ImagePlan:
     """Everything about ``role``'s image that the lock and the settings decide."""
     locked = lock.role(role)
     lock_digest = content_digest(lock)
@@ -237,9 +240,11 @@ def plan_image(lock: Lock, role: str, settings: ImageSettings, gpucheck_source: 
     role_file = render_role_file(lock, role)
     split = split_layers(lock, locked.variant)
     digest = hashlib.sha256()
-    for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file, gpucheck_source):
+    for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file):
         digest.update(part.encode())
         digest.update(b"\0")
+    for name, content in sorted(runtime.items()):
+        digest.update(name.encode() + b"\0" + content + b"\0")
     for layer in (split.shared, split.variant):
         for package in layer:
             digest.update(" ".join(_identity(package)).encode() + b"\n")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from envbuild import gpucheck, staging
+from envbuild import runtime, staging
 from envbuild.errors import ImageBuildError, ImagePushError
 from envbuild.imageplan import (
     ENV_DOCKERFILE,
@@ -75,11 +75,6 @@ def image_settings(spec_path: Path | None, lock: Lock) -> ImageSettings:
     )
 
 
-def gpucheck_source() -> bytes:
-    """The standalone GPU check, as it is copied into images."""
-    return Path(gpucheck.__file__).read_bytes()
-
-
 def select_roles(lock: Lock, role: str | None, every: bool) -> tuple[list[str], dict[str, str]]:
     """The roles to build and the roles left out (with why). ``--role`` of a role that has no
     linux-64 target is an error; ``--all`` leaves it out with a note."""
@@ -114,8 +109,8 @@ def build_images(
     engine_log: Log,
 ) -> list[ImageOutcome]:
     """Build (or plan, or write the context of) each role's image; see the module docs."""
-    source = gpucheck_source()
-    plans = [plan_image(lock, role, settings, source.decode()) for role in roles]
+    source = runtime.files()
+    plans = [plan_image(lock, role, settings, source) for role in roles]
     if context_dir is not None:
         return [
             _write_context(lock, plan, context_dir, len(plans) > 1, cache_dir, source, log)
@@ -169,7 +164,7 @@ def _write_context(
     context_dir: Path,
     per_role: bool,
     cache_dir: Path,
-    source: bytes,
+    source: Mapping[str, bytes],
     log: Log,
 ) -> ImageOutcome:
     started = time.perf_counter()
@@ -180,7 +175,7 @@ def _write_context(
         target,
         work=staging.scratch(cache_dir),
         cache_dir=cache_dir,
-        gpucheck_source=source,
+        runtime=source,
     )
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{n} {_size(layer.size)}" for n, layer in layers.items())
@@ -198,7 +193,7 @@ def _build_one(
     lock: Lock,
     plan: ImagePlan,
     cache_dir: Path,
-    source: bytes,
+    source: Mapping[str, bytes],
     log: Log,
     engine_log: Log,
     environments: dict[str, str],
@@ -229,7 +224,7 @@ def _build_one(
                     context,
                     work=work,
                     cache_dir=cache_dir,
-                    gpucheck_source=source,
+                    runtime=source,
                     parts=("shared", "variant"),
                     dockerfile=ENV_DOCKERFILE.format(base=plan.settings.base),
                 )
@@ -243,7 +238,7 @@ def _build_one(
                 context,
                 work=work,
                 cache_dir=cache_dir,
-                gpucheck_source=source,
+                runtime=source,
                 parts=("role",),
                 dockerfile=plan.role_dockerfile.replace("{base}", environments[plan.variant]),
             )

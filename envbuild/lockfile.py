@@ -284,9 +284,10 @@ def to_document(lock: Lock) -> dict[str, Any]:
 
 def content_digest(lock: Lock) -> str:
     """``sha256:...`` of what the lock resolved (variants, targets and every package record),
-    not of the spec text: two locks with this digest install the same bytes everywhere."""
+    not of the spec text nor of the roles' hardware: two locks with this digest install the
+    same bytes everywhere, so their processes can share a cluster."""
     document = to_document(lock)
-    resolved = {key: document[key] for key in ("roles", "variants", "packages")}
+    resolved = {key: document[key] for key in ("variants", "packages")}
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

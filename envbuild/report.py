@@ -107,3 +107,34 @@ def render_packages(summary: dict[str, Any]) -> list[str]:
     header = [["package", *(roles_of[t] or "-" for t in targets)], ["", *targets]]
     rows = [[name, *(v.get(t, "-") for t in targets)] for name, v in sorted(versions.items())]
     return ["packages:", *_table(header + rows)]
+
+
+def summarize_stamp(
+    prefix: str, stamp: dict[str, Any] | None, lock_digest: str | None
+) -> dict[str, Any]:
+    """What an environment says it runs, and whether that is the lock in use."""
+    found = stamp or {}
+    return {
+        "prefix": prefix,
+        "stamp": bool(stamp),
+        "lock": found.get("lock"),
+        "target": found.get("target"),
+        "variant": found.get("variant"),
+        "platform": found.get("platform"),
+        "roles": found.get("roles"),
+        "this-lock": None if lock_digest is None or not stamp else found.get("lock") == lock_digest,
+    }
+
+
+def render_stamp(summary: dict[str, Any]) -> str:
+    """The stamp summary as text."""
+    if not summary["stamp"]:
+        return f"{summary['prefix']}: no envbuild stamp (not made by envbuild env or image)"
+    verdict = {True: "the lock in use", False: "ANOTHER lock than the one in use", None: ""}
+    return "\n".join(
+        [
+            f"{summary['prefix']}: lock {summary['lock']}",
+            f"  target {summary['target']} (roles: {', '.join(summary['roles'] or [])})",
+            f"  {verdict[summary['this-lock']]}".rstrip(),
+        ]
+    ).rstrip()

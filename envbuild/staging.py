@@ -214,7 +214,7 @@ def write_context(
     *,
     work: Path,
     cache_dir: Path,
-    gpucheck_source: bytes,
+    runtime: Mapping[str, bytes],
     parts: Sequence[str] = LAYERS,
     dockerfile: str | None = None,
 ) -> dict[str, Layer]:
@@ -240,7 +240,7 @@ def write_context(
     role_files: dict[str, Path | bytes] = {
         ROLE_FILE.lstrip("/"): plan.role_file.encode(),
         f"{ENVBUILD_DIR.lstrip('/')}/entrypoint.sh": plan.entrypoint.encode(),
-        f"{ENVBUILD_DIR.lstrip('/')}/gpucheck.py": gpucheck_source,
+        **{f"{ENVBUILD_DIR.lstrip('/')}/{name}": content for name, content in runtime.items()},
     }
     layers["role"] = (
         work / f"role-{plan.role}-{plan.digest.removeprefix('sha256:')[:16]}.tar",

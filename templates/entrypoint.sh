@@ -6,4 +6,4 @@
 for script in $prefix/etc/conda/activate.d/*.sh; do
   if [ -r "$$script" ]; then . "$$script"; fi
 done
-exec $prefix/bin/python $envbuild_dir/gpucheck.py -- "$$@"
+exec $prefix/bin/python -m envbuild.gpucheck -- "$$@"

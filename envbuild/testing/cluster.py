@@ -23,7 +23,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envbuild import gpucheck
 from envbuild.testing import demo_client
 
 ARRAY_SUM = 499_999_500_000  # sum(range(1_000_000))
@@ -44,7 +43,7 @@ class LocalCluster:
     workdir: Path
     prefixes: Mapping[str, Path]
     check_mode: str = "warn"  # ENVBUILD_GPU_CHECK for workers
-    preload: Sequence[str] = ()
+    preload: Sequence[str] = ("envbuild.dask",)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
@@ -54,21 +53,18 @@ class LocalCluster:
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
-    def _run(self, role: str, command: Sequence[str]) -> list[str]:
-        return [
-            ENVBUILD,
-            "run",
-            "--role",
-            role,
-            "--prefix",
-            str(self.prefixes[role]),
-            "-f",
-            str(self.spec),
-            "--lockfile",
-            str(self.lock),
-            "--",
-            *command,
-        ]
+    def _run(
+        self, role: str, command: Sequence[str], *, other: Mapping[str, Path] | None = None
+    ) -> list[str]:
+        """``envbuild run`` of ``command`` in ``role``'s environment; ``other`` (prefix, spec,
+        lock) runs it from another environment, unverified (a stranger joining)."""
+        if other:
+            where = ["--prefix", str(other["prefix"]), "--no-verify"]
+            where += ["-f", str(other["spec"]), "--lockfile", str(other["lock"])]
+        else:
+            where = ["--prefix", str(self.prefixes[role])]
+            where += ["-f", str(self.spec), "--lockfile", str(self.lock)]
+        return [ENVBUILD, "run", "--role", role, *where, "--", *command]
 
     def _start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
         with self.log(name).open("wb") as log:
@@ -111,18 +107,24 @@ class LocalCluster:
         return address
 
     def add_worker(
-        self, name: str, *, role: str = "worker", env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        *,
+        role: str = "worker",
+        env: Mapping[str, str] | None = None,
+        other: Mapping[str, Path] | None = None,
     ) -> None:
-        """A worker started from ``role``'s environment, through the GPU check."""
-        role_file = self.workdir / f"{role}-role.json"
+        """A worker started from ``role``'s environment (or ``other``'s: see ``_run``),
+        through the GPU check."""
+        role_file = self.workdir / f"{name}-role.json"
         subprocess.run(
             [
                 ENVBUILD,
                 "export",
                 "-f",
-                str(self.spec),
+                str((other or {}).get("spec", self.spec)),
                 "--lockfile",
-                str(self.lock),
+                str((other or {}).get("lock", self.lock)),
                 "--format",
                 "role-file",
                 "--role",
@@ -136,7 +138,8 @@ class LocalCluster:
         preload = [arg for p in self.preload for arg in ("--preload", p)]
         command = [
             "python",
-            gpucheck.__file__,
+            "-m",
+            "envbuild.gpucheck",
             "--requirements",
             str(role_file),
             "--",
@@ -153,9 +156,8 @@ class LocalCluster:
             "--no-dashboard",
             *preload,
         ]
-        self._start(
-            name, self._run(role, command), {"ENVBUILD_GPU_CHECK": self.check_mode, **(env or {})}
-        )
+        environment = {"ENVBUILD_GPU_CHECK": self.check_mode, **(env or {})}
+        self._start(name, self._run(role, command, other=other), environment)
 
     def _wait_for_scheduler(self, timeout: float = 90) -> str:
         deadline = time.monotonic() + timeout
@@ -254,6 +256,7 @@ def summary(result: Mapping[str, object]) -> str:
     lines.append(
         "one lock everywhere" if len(locks) == 1 else f"DIFFERENT LOCKS: {sorted(map(str, locks))}"
     )
+    lines.append(f"envbuild.dask.check(client): {result.get('guard')}")
     return "\n".join(lines)
 
 

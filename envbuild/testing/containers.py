@@ -76,6 +76,8 @@ class ContainerCluster:
                 "--port",
                 str(self.port),
                 "--no-dashboard",
+                "--preload",
+                "envbuild.dask",
             ],
         )
         self._wait_for(scheduler, "Scheduler at:")
@@ -93,6 +95,8 @@ class ContainerCluster:
                     "--no-dashboard",
                     "--name",
                     f"worker-{index}",
+                    "--preload",
+                    "envbuild.dask",
                 ],
             )
 

@@ -6,4 +6,4 @@
 for script in /opt/env/etc/conda/activate.d/*.sh; do
   if [ -r "$script" ]; then . "$script"; fi
 done
-exec /opt/env/bin/python /opt/envbuild/gpucheck.py -- "$@"
+exec /opt/env/bin/python -m envbuild.gpucheck -- "$@"

@@ -1,0 +1,31 @@
+"""The files envbuild puts into every environment and image it makes: the GPU check and the
+Dask guard, as a small ``envbuild`` package (the two standalone modules and a stub
+``__init__``), importable once its folder is on PYTHONPATH.
+
+So ``python -m envbuild.gpucheck`` and ``dask scheduler --preload envbuild.dask`` work in an
+image (``/opt/envbuild``, on its PYTHONPATH) and under ``envbuild run`` (the prefix's
+``etc/envbuild/python``, put on PYTHONPATH by it), without installing envbuild there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Where the package goes in an environment (relative to the prefix), and in an image.
+PREFIX_FOLDER = Path("etc") / "envbuild" / "python"
+IMAGE_FOLDER = "/opt/envbuild"
+
+_STUB = '''"""Runtime files of envbuild, copied into this environment: the GPU check
+(python -m envbuild.gpucheck) and the Dask guard (--preload envbuild.dask). Not the envbuild
+tool itself."""
+'''
+
+
+def files() -> dict[str, bytes]:
+    """Path inside the folder -> content."""
+    package = Path(__file__).parent
+    return {
+        "envbuild/__init__.py": _STUB.encode(),
+        "envbuild/gpucheck.py": (package / "gpucheck.py").read_bytes(),
+        "envbuild/dask.py": (package / "dask.py").read_bytes(),
+    }
