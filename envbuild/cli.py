@@ -398,10 +398,19 @@ def env(
 @app.command(short_help="Build role images that differ only in their CUDA layer.")
 @handles_errors
 def image(
-    role: RoleOption = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", "-r", help="A role to build; repeatable (see envbuild plan)."),
+    ] = None,
     every: Annotated[bool, typer.Option("--all", help="Every role that runs on linux-64.")] = False,
     push: Annotated[
         bool, typer.Option("--push", help="Push to image.repository (credentials: Docker config).")
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing", help="Neither build nor push an image the registry has already."
+        ),
     ] = False,
     context: Annotated[
         Path | None,
@@ -433,11 +442,11 @@ def image(
     from envbuild.cache import package_cache
     from envbuild.errors import SelectionError
 
-    if (role is None) == (not every):
-        raise SelectionError("choose one role with --role ROLE, or every role with --all")
+    if bool(role) == every:
+        raise SelectionError("choose roles with --role ROLE (repeatable), or every role with --all")
     used = locking.locate(spec_path, lock_path)
     settings = images.image_settings(used.spec, used.lock)
-    roles, skipped = images.select_roles(used.lock, role, every)
+    roles, skipped = images.select_roles(used.lock, role or [], every)
 
     def say(message: str) -> None:
         if not as_json:
@@ -455,6 +464,7 @@ def image(
         roles,
         cache_dir=package_cache(),
         push=push,
+        skip_existing=skip_existing,
         context_dir=context,
         dry_run=dry_run,
         log=say,
@@ -467,6 +477,50 @@ def image(
                 "skipped": [{"role": r, "why": w} for r, w in skipped.items()],
             }
         )
+
+
+@app.command(short_help="Print the CI build matrix: a build per variant, what the registry has.")
+@handles_errors
+def plan(
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the matrix as GitHub Actions reads it (fromJSON)."),
+    ] = False,
+    github_output: Annotated[
+        bool,
+        typer.Option(
+            "--github-output",
+            help="Also write matrix=... and missing=N to the file $GITHUB_OUTPUT names.",
+        ),
+    ] = False,
+    spec_path: SpecOption = None,
+    lock_path: LockOption = None,
+) -> None:
+    """Print the build matrix of the role images: one build per variant (its roles share the
+    environment layers), each image's content-addressed tag, and whether the registry
+    (image.repository) has it, asked through the registry API without pulling.
+
+    A CI job per build runs `envbuild image ARGS --push --skip-existing`.
+    """
+    from envbuild import images, locking, matrix
+
+    used = locking.locate(spec_path, lock_path)
+    settings = images.image_settings(used.spec, used.lock)
+    roles, skipped = images.select_roles(used.lock, [], True)
+    builds = images.plan_matrix(used.lock, settings, roles)
+    document = matrix.github_matrix(builds)
+    if github_output:
+        target = os.environ.get("GITHUB_OUTPUT")
+        if not target:
+            raise OutputError("--github-output: GITHUB_OUTPUT is not set (not in GitHub Actions?)")
+        missing = sum(len(b.missing) for b in builds)
+        with Path(target).open("a", encoding="utf-8") as handle:
+            handle.write(f"matrix={json.dumps(document, separators=(',', ':'))}\n")
+            handle.write(f"missing={missing}\n")
+    if as_json:
+        _print_json(document)
+    else:
+        print(matrix.render_table(builds, skipped))
 
 
 @app.command(short_help="Check that an environment holds exactly the lock (exit 12 if not).")

@@ -113,6 +113,13 @@ class ImagePushError(EnvbuildError):
     label = "image cannot be pushed"
 
 
+class RegistryError(EnvbuildError):
+    """A registry cannot say whether it has an image (unreachable, refused, malformed)."""
+
+    exit_code = 16
+    label = "registry cannot be read"
+
+
 #: Exit codes, for --help and the README.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -134,6 +141,7 @@ EXIT_CODES: dict[int, str] = {
             EngineError,
             ImageBuildError,
             ImagePushError,
+            RegistryError,
         )
     },
 }

@@ -32,7 +32,7 @@ from envbuild.resources import read_template
 #: The only platform images are built for (and the platform the tests' engine runs).
 IMAGE_PLATFORM = "linux-64"
 #: Bump when the image layout changes: every tag changes with it.
-IMAGE_FORMAT = "3"
+IMAGE_FORMAT = "4"
 ENVBUILD_DIR = "/opt/envbuild"
 ROLE_FILE = "/etc/envbuild/role.json"
 #: What a role's image runs when given no command (the Dask guard preloaded).
@@ -54,6 +54,8 @@ class ImageSettings:
     prefix: str = "/opt/env"
     user: str = "dask"
     uid: int = 1000
+    #: the spec names no image.repository: images stay in the local engine
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def buildable_roles(lock: Lock) -> tuple[list[str], dict[str, str]]:
 def image_labels(
     lock: Lock, role: str, settings: ImageSettings, lock_digest: str
 ) -> dict[str, str]:
-    """OCI labels and envbuild's own, sorted by key."""
+    """OCI labels and envbuild's own, sorted by key. Not the spec's hash: a change to one
+    role's settings must not rebuild the images of the others."""
     locked = lock.role(role)
     labels = {
         "org.opencontainers.image.title": f"{lock.name}-{role}",
@@ -128,7 +131,6 @@ def image_labels(
         ),
         "org.opencontainers.image.base.name": settings.base,
         f"{LABEL_PREFIX}.lock": lock_digest,
-        f"{LABEL_PREFIX}.spec-hash": lock.spec_hash,
         f"{LABEL_PREFIX}.role": role,
         f"{LABEL_PREFIX}.variant": locked.variant,
         f"{LABEL_PREFIX}.platform": IMAGE_PLATFORM,

@@ -28,12 +28,13 @@ from envbuild.imageplan import (
     plan_image,
 )
 from envbuild.lockfile import Lock
+from envbuild.matrix import Build, plan_builds
 
 if TYPE_CHECKING:
     from envbuild.engine import Engine
 
 Log = Callable[[str], None]
-Status = Literal["built", "up-to-date", "context", "planned", "skipped"]
+Status = Literal["built", "up-to-date", "in-registry", "context", "planned"]
 
 
 @dataclass
@@ -72,20 +73,29 @@ def image_settings(spec_path: Path | None, lock: Lock) -> ImageSettings:
         prefix=section.prefix,
         user=section.user,
         uid=section.uid,
+        local=section.repository is None,
     )
 
 
-def select_roles(lock: Lock, role: str | None, every: bool) -> tuple[list[str], dict[str, str]]:
+def select_roles(lock: Lock, roles: Sequence[str], every: bool) -> tuple[list[str], dict[str, str]]:
     """The roles to build and the roles left out (with why). ``--role`` of a role that has no
     linux-64 target is an error; ``--all`` leaves it out with a note."""
     buildable, skipped = buildable_roles(lock)
     if every:
         return buildable, skipped
-    assert role is not None
-    lock.role(role)  # SelectionError names the roles there are
-    if role in skipped:
-        raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
-    return [role], {}
+    for role in roles:
+        lock.role(role)  # SelectionError names the roles there are
+        if role in skipped:
+            raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
+    return [r for r in buildable if r in roles], {}
+
+
+def plan_matrix(lock: Lock, settings: ImageSettings, roles: Sequence[str]) -> list[Build]:
+    """``envbuild plan``: the builds of ``roles``, with what the registry has."""
+    from envbuild import registry
+
+    plans = [plan_image(lock, role, settings, runtime.files()) for role in roles]
+    return plan_builds(plans, None if settings.local else registry.has_tag)
 
 
 def _size(size: int) -> str:
@@ -103,6 +113,7 @@ def build_images(
     *,
     cache_dir: Path,
     push: bool = False,
+    skip_existing: bool = False,
     context_dir: Path | None = None,
     dry_run: bool = False,
     log: Log,
@@ -121,11 +132,23 @@ def build_images(
     engine = Engine.connect()
     if dry_run:
         return [_plan_only(engine, plan, log) for plan in plans]
-    if push and settings.repository.startswith("envbuild/"):
+    if (push or skip_existing) and settings.local:
         raise ImagePushError(
-            f"no registry to push {settings.repository} to: set image.repository in envbuild.yaml "
-            "(e.g. registry.example.com/dask-gpu)"
+            f"no registry for {settings.repository}: set image.repository in envbuild.yaml "
+            "(e.g. registry.example.com/dask-gpu) to push, or to skip what it has"
         )
+    if skip_existing:
+        from envbuild import registry
+
+        present = [p for p in plans if registry.has_tag(p.reference)]
+        for plan in present:
+            log(f"{plan.role:<10} {plan.variant:<10} {plan.reference} is in the registry: skipped")
+        skipped = [ImageOutcome(p.role, p.variant, p.reference, "in-registry") for p in present]
+        plans = [p for p in plans if p not in present]
+        if not plans:
+            return skipped
+    else:
+        skipped = []
     outcomes = []
     environments: dict[str, str] = {}  # variant -> image holding its environment layers
     for plan in plans:
@@ -139,7 +162,7 @@ def build_images(
                 f"{result.existing} already there, in {time.perf_counter() - started:.1f} s"
             )
         outcomes.append(outcome)
-    return outcomes
+    return [*skipped, *outcomes]
 
 
 def _plan_only(engine: Engine, plan: ImagePlan, log: Log) -> ImageOutcome:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def runnable_channel() -> Path:
 
     require(runnable.DEBIAN_PYTHON.is_file(), "Debian's python3.11 builds the runnable channel")
     return runnable.build(REPO / "build" / "cache" / "runnable")
+
+
+@dataclass(frozen=True)
+class ContainerSetup:
+    """A Docker engine, a registry on loopback and the demo's base image, for the session."""
+
+    host: str
+    registry: Any  # envbuild.testing.docker.Registry
+
+
+@pytest.fixture(scope="session")
+def containers() -> Iterator[ContainerSetup]:
+    """Started by the test run, stopped by PID afterwards (envbuild.testing.docker)."""
+    from envbuild.testing import docker as local_docker
+
+    why = local_docker.usable()
+    require(why is None, f"no Docker engine can be started here: {why}")
+    base = local_docker.base_tar(REPO / "build" / "cache")
+    with local_docker.engine() as host, local_docker.registry() as registry:
+        local_docker.import_base(host, base)
+        yield ContainerSetup(host, registry)
 
 
 def runnable_spec(folder: Path, channel: Path, *, edit: Callable[[str], str] = str) -> Path:
