@@ -9,6 +9,9 @@ On a private Docker engine and registry (envbuild.testing.docker), from the runn
 3. The bytes a registry stores for the three role images against the worker's alone.
    Goal: at most 1.15x (the scheduler shares the worker's variant; the client its base and
    shared layer).
+4. A CI run with nothing changed (lock check, plan, the build jobs); ``envbuild deploy
+   kubernetes --pin-digests`` (two registry look-ups) against ``envbuild show``, paired
+   rounds. Goal: deploy as fast as show (at most 1.2x).
 
 Usage: python benchmarks/bench_images.py [--runs N]   (root, with docker.io, debootstrap,
 docker-registry installed)
@@ -159,6 +162,27 @@ def main() -> int:
                 "CI run, nothing changed (4 commands; goal < 5 s)",
                 spread(pipeline),
                 statistics.median(pipeline) < 5,
+            )
+            # envbuild deploy (asking the registry for both images' digests) against
+            # envbuild show, whole commands, paired rounds. Goal: as fast as show (<= 1.2x).
+            deploy_times = rounds(
+                {
+                    "deploy": Command(
+                        [ENVBUILD, "deploy", "kubernetes", "--pin-digests", *lock_for],
+                        cwd=work,
+                        env=final,
+                    ),
+                    "show": Command([ENVBUILD, "show", *lock_for], cwd=work, env=final),
+                },
+                9,
+            )
+            goals.record("envbuild deploy kubernetes --pin-digests", spread(deploy_times["deploy"]))
+            goals.record("envbuild show", spread(deploy_times["show"]))
+            per_round = ratios(deploy_times["deploy"], deploy_times["show"])
+            goals.record(
+                "deploy / show (goal <= 1.2x)",
+                spread(per_round, "x"),
+                statistics.median(per_round) <= 1.2,
             )
             goals.record(
                 "registry bytes: 3 role images / the worker's",

@@ -523,6 +523,143 @@ def plan(
         print(matrix.render_table(builds, skipped))
 
 
+class DeployTarget(StrEnum):
+    kubernetes = "kubernetes"
+    helm = "helm"
+
+
+def _kubernetes_name(value: str | None) -> str | None:
+    from envbuild import deploy
+
+    try:
+        return (
+            None
+            if value is None
+            else deploy.validate_name(value, "cluster name", longest=deploy.NAME_LONGEST)
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _kubernetes_namespace(value: str | None) -> str | None:
+    from envbuild import deploy
+
+    try:
+        return None if value is None else deploy.validate_name(value, "namespace")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command(
+    short_help="Write the Kubernetes cluster (DaskCluster, or Helm values) for the images."
+)
+@handles_errors
+def deploy(
+    target: Annotated[
+        DeployTarget,
+        typer.Argument(
+            metavar="kubernetes|helm",
+            help="kubernetes: a DaskCluster for the dask-kubernetes operator; helm: values for "
+            "the dask Helm chart (helm install NAME dask/dask -f values.yaml).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            callback=_kubernetes_name,
+            help="The DaskCluster's name (default: the spec's name); its scheduler's Service is "
+            "NAME-scheduler.",
+            show_default=False,
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            callback=_kubernetes_namespace,
+            help="The DaskCluster's namespace (default: kubectl's).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker replicas.")] = 4,
+    pin_digests: Annotated[
+        bool,
+        typer.Option(
+            "--pin-digests",
+            help="Name the images by tag and registry digest (repo:tag@sha256:...), so that a "
+            "tag moved in the registry cannot change what runs.",
+        ),
+    ] = False,
+    no_registry_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-registry-check",
+            help="Do not ask the registry whether it has the images (for a cluster that has them "
+            "loaded already, e.g. kind load docker-image).",
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default, or -: stdout)."),
+    ] = None,
+    spec_path: SpecOption = None,
+    lock_path: LockOption = None,
+) -> None:
+    """Write the Kubernetes cluster of the locked scheduler and worker images.
+
+    The images go by their content-addressed tags, which the registry (image.repository) must
+    have: `envbuild image --all --push` first. Each pod runs its role's command through the
+    image's entrypoint (the GPU check, then the Dask guard), asks for the role's GPUs
+    (nvidia.com/gpu), and may land only on nodes whose GPU Feature Discovery labels show the
+    role's compute capability and a driver that runs its CUDA runtime. The CPU client is not
+    deployed: it connects to the scheduler's Service (see the README).
+
+    \b
+    Examples:
+      envbuild deploy kubernetes --workers 8 -o cluster.yaml && kubectl apply -f cluster.yaml
+      envbuild deploy helm -o values.yaml && helm install dask dask/dask -f values.yaml
+    """
+    from envbuild import deploy as rendering
+    from envbuild import images, locking
+    from envbuild.atomic import write_atomic
+    from envbuild.errors import SelectionError
+    from envbuild.lockfile import content_digest
+
+    if target is DeployTarget.helm and (name or namespace):
+        raise SelectionError(
+            "--name and --namespace are helm's: helm install NAME dask/dask -n NAMESPACE -f FILE"
+        )
+    used = locking.locate(spec_path, lock_path)
+    settings = images.image_settings(used.spec, used.lock)
+    references = images.cluster_images(
+        used.lock,
+        settings,
+        rendering.CLUSTER_ROLES,
+        check_registry=not no_registry_check,
+        pin_digests=pin_digests,
+    )
+    if target is DeployTarget.kubernetes:
+        document = rendering.dask_cluster(
+            used.lock,
+            references,
+            name=name or rendering.default_name(used.lock),
+            namespace=namespace,
+            workers=workers,
+        )
+    else:
+        document = rendering.helm_values(used.lock, references, workers=workers)
+    text = rendering.render(document, source=used.path.name, digest=content_digest(used.lock))
+    destination = _output(output)
+    if destination is None:
+        sys.stdout.write(text)
+        return
+    write_atomic(destination, text)
+    print(f"wrote {destination}", file=sys.stderr)
+
+
 @app.command(short_help="Check that an environment holds exactly the lock (exit 12 if not).")
 @handles_errors
 def verify(

@@ -120,6 +120,13 @@ class RegistryError(EnvbuildError):
     label = "registry cannot be read"
 
 
+class ImageMissingError(EnvbuildError):
+    """An image a deployment needs is not in its registry (not built, or not pushed)."""
+
+    exit_code = 17
+    label = "image not in the registry"
+
+
 #: Exit codes, for --help and the README.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -142,6 +149,7 @@ EXIT_CODES: dict[int, str] = {
             ImageBuildError,
             ImagePushError,
             RegistryError,
+            ImageMissingError,
         )
     },
 }

@@ -172,6 +172,13 @@ def _bearer(challenge: str, reference: Reference, login: tuple[str, str] | None)
 
 def has_tag(reference: str) -> bool:
     """Whether the registry holds ``reference``'s tag; RegistryError when it cannot tell."""
+    return manifest_digest(reference) is not None
+
+
+def manifest_digest(reference: str) -> str | None:
+    """The digest of ``reference``'s manifest in its registry (``sha256:...``; an empty string
+    when the registry has it but did not say its digest), None when the registry has no such
+    tag; RegistryError when it cannot tell."""
     parsed = parse_reference(reference)
     url = f"{parsed.base_url}/v2/{parsed.repository}/manifests/{urllib.parse.quote(parsed.tag)}"
     headers = {"Accept": MANIFEST_TYPES}
@@ -193,9 +200,12 @@ def has_tag(reference: str) -> bool:
         reason = getattr(exc, "reason", exc)
         raise RegistryError(f"cannot reach the registry for {where}: {reason}") from None
     if status == 200:
-        return True
+        digest = answer.get("Docker-Content-Digest") or answer.get("docker-content-digest") or ""
+        if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise RegistryError(f"the registry gave {where} a malformed digest {digest[:80]!r}")
+        return str(digest)
     if status == 404:
-        return False
+        return None
     if status in (401, 403):
         raise RegistryError(
             f"the registry refused to say whether it has {where} (HTTP {status}): log in "

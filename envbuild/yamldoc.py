@@ -180,3 +180,29 @@ def shown(value: object, limit: int = 60) -> str:
     """``repr(value)``, cut short: error messages never repeat megabytes of input."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@functools.cache
+def _dumper_class() -> Any:
+    """SafeDumper that writes a value shared between places in full at each (a Kubernetes
+    document with ``&id001`` anchors reads badly and some tools refuse it)."""
+    import yaml
+
+    base: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return type("_Dumper", (base,), {"ignore_aliases": lambda self, data: True})
+
+
+def dump(data: Any, *, width: int = 100) -> str:
+    """Block-style YAML of ``data``, keys in the order given, no anchors or aliases."""
+    import yaml
+
+    return str(
+        yaml.dump(
+            data,
+            Dumper=_dumper_class(),
+            sort_keys=False,
+            default_flow_style=False,
+            width=width,
+            allow_unicode=True,
+        )
+    )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import pytest
 import yaml
 
@@ -91,6 +92,16 @@ def test_lock_check_plan_build_push_and_only_what_changed(
     assert again.returncode == 0
     assert again.stdout.count("is in the registry: skipped") == 3
     assert " built " not in again.stdout and "layers sent" not in again.stdout
+    # 3b. Deploy: the cluster pulls exactly what was pushed, pinned to the registry's digests.
+    deployed = envbuild("deploy", "kubernetes", "--pin-digests", "-o", tmp_path / "cluster.yaml")
+    assert deployed.returncode == 0, deployed.stderr
+    cluster = yaml.safe_load((tmp_path / "cluster.yaml").read_text())
+    engine = docker.DockerClient(base_url=containers.host)
+    for role in ("scheduler", "worker"):
+        image = cluster["spec"][role]["spec"]["containers"][0]["image"]
+        tagged, digest = image.split("@")
+        assert tagged.startswith(f"{repository}:{role}-cuda-12.4-")
+        assert f"{repository}@{digest}" in engine.images.get(tagged).attrs["RepoDigests"]
     # 4. The spec changes: the lock check fails, with its exit code and an annotation.
     spec.write_text(
         spec.read_text().replace('compute-capability: ">=8.0"', 'compute-capability: ">=9.0"')
@@ -102,6 +113,8 @@ def test_lock_check_plan_build_push_and_only_what_changed(
     assert envbuild("lock", "-q").returncode == 0
     changed = plan()
     assert changed["cuda-12.4"]["missing"] == "worker" and changed["cpu"]["missing"] == ""
+    early = envbuild("deploy", "helm")  # before the job pushed the new worker image
+    assert early.returncode == 17 and "`envbuild image --role worker --push`" in early.stderr
     job = envbuild("image", *str(changed["cuda-12.4"]["args"]).split(), "--push", "--skip-existing")
     assert job.returncode == 0, job.stderr
     assert "scheduler  cuda-12.4  " in job.stdout and "is in the registry: skipped" in job.stdout
