@@ -528,26 +528,18 @@ class DeployTarget(StrEnum):
     helm = "helm"
 
 
-def _kubernetes_name(value: str | None) -> str | None:
-    from envbuild import deploy
+def _kubernetes_label(kind: str) -> Callable[[str | None], str | None]:
+    """A typer callback that refuses what Kubernetes would refuse as a ``kind``."""
 
-    try:
-        return (
-            None
-            if value is None
-            else deploy.validate_name(value, "cluster name", longest=deploy.NAME_LONGEST)
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    def check(value: str | None) -> str | None:
+        from envbuild import deploy
 
+        try:
+            return None if value is None else deploy.validate_name(value, kind)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
 
-def _kubernetes_namespace(value: str | None) -> str | None:
-    from envbuild import deploy
-
-    try:
-        return None if value is None else deploy.validate_name(value, "namespace")
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    return check
 
 
 @app.command(
@@ -568,7 +560,7 @@ def deploy(
         str | None,
         typer.Option(
             "--name",
-            callback=_kubernetes_name,
+            callback=_kubernetes_label("cluster name"),
             help="The DaskCluster's name (default: the spec's name); its scheduler's Service is "
             "NAME-scheduler.",
             show_default=False,
@@ -579,7 +571,7 @@ def deploy(
         typer.Option(
             "--namespace",
             "-n",
-            callback=_kubernetes_namespace,
+            callback=_kubernetes_label("namespace"),
             help="The DaskCluster's namespace (default: kubectl's).",
             show_default=False,
         ),

@@ -592,6 +592,22 @@ def test_deploy_writes_what_the_registry_has_pinned_by_digest(
     assert bad.exit_code == 16 and "malformed digest" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("spec_name", "cluster_name"),
+    [("dask-gpu", "dask-gpu"), ("team_a.v2", "team-a-v2"), ("2024-run", "dask-2024-run")],
+)
+def test_the_default_cluster_name_is_the_specs_as_kubernetes_takes_it(
+    spec_name: str, cluster_name: str
+) -> None:
+    lock = dataclasses.replace(golden_lock(), name=spec_name)
+    assert deploy.default_name(lock) == cluster_name
+    long = deploy.default_name(dataclasses.replace(lock, name="x" * 64))
+    assert deploy.validate_name(long, "cluster name") == "x" * deploy.NAME_LONGEST
+    assert deploy.validate_name("2024-team", "namespace") == "2024-team"
+    with pytest.raises(ValueError, match="starting with a letter,"):
+        deploy.validate_name("2024-team", "cluster name")
+
+
 def test_deploy_usage_errors(locked: Path, envbuild: Callable[..., Result]) -> None:
     no_registry = envbuild("deploy", "kubernetes", "-f", locked)
     assert no_registry.exit_code == 17 and "set image.repository" in no_registry.stderr
