@@ -88,6 +88,29 @@ def _channel(text: str) -> str:
     return text
 
 
+# Docker's reference grammar: [HOST[:PORT]/]PATH, lowercase path components, no tag.
+_REPOSITORY = re.compile(
+    r"((?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+
+
+def _repository(text: str) -> str:
+    if "@" in text or "://" in text:
+        # never echo it: what precedes an @ may be a token
+        raise ValueError(
+            "write the repository as REGISTRY/PATH (e.g. ghcr.io/org/dask-gpu), without a "
+            "scheme, credentials or digest: registry credentials belong in the Docker config "
+            "(docker login)"
+        )
+    if len(text) > 255 or not _REPOSITORY.fullmatch(text):
+        raise ValueError(
+            f"{shown(text)} is not an image repository: REGISTRY[:PORT]/PATH, the path in "
+            "lowercase letters, digits and . _ - separators, no :TAG (envbuild tags the images)"
+        )
+    return text
+
+
 MatchSpecText = Annotated[str, AfterValidator(_match_spec)]
 Platform = Annotated[str, AfterValidator(_platform)]
 ChannelText = Annotated[str, AfterValidator(_channel)]
@@ -153,7 +176,10 @@ class ImageSettings(_Strict):
     """How role images are built (used by ``envbuild image``)."""
 
     base: str = Field(default="debian:bookworm-slim", description="Base image.")
-    repository: str | None = Field(default=None, description="Repository to tag and push to.")
+    repository: Annotated[str, AfterValidator(_repository)] | None = Field(
+        default=None,
+        description="Repository to tag and push to, e.g. ghcr.io/org/dask-gpu (no tag).",
+    )
     prefix: str = Field(default="/opt/env", pattern=r"^/", description="Environment path.")
     user: str = Field(default="dask", pattern=r"^[a-z_][a-z0-9_-]*$", description="Run as.")
     uid: int = Field(default=1000, ge=1, description="Numeric user id (never 0).")

@@ -140,6 +140,24 @@ def test_channels_with_credentials_are_refused_without_echoing_them(channel: str
     assert "s3cret" not in message and "tk-123" not in message
 
 
+@pytest.mark.parametrize(
+    ("repository", "expected"),
+    [
+        ("robot:s3cret@ghcr.io/org/dask", "without a scheme, credentials or digest"),
+        ("https://ghcr.io/org/dask", "without a scheme, credentials or digest"),
+        ("ghcr.io/org/dask:latest", "is not an image repository"),
+        ("ghcr.io/Org/dask", "is not an image repository"),
+    ],
+)
+def test_an_image_repository_is_a_repository_and_never_echoes_a_secret(
+    repository: str, expected: str
+) -> None:
+    message = error_of(MINIMAL + f"image: {{repository: '{repository}'}}\n")
+    assert "image.repository: " in message and expected in message
+    assert "s3cret" not in message
+    assert parse_spec(MINIMAL + "image: {repository: '127.0.0.1:5000/dask-gpu'}\n", Path("a"))
+
+
 def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
     assert "a spec is a mapping" in error_of("- a list\n")
     with pytest.raises(SpecError, match=r"no such spec file .*envbuild init"):
