@@ -41,11 +41,6 @@ def dependency_name(spec: str) -> str:
     return package_name(spec) or spec.strip().lower()
 
 
-def same_version(first: str, second: str) -> bool:
-    """Whether two version strings are equal for conda (``1.0`` and ``1.0.0`` are)."""
-    return first == second or version_key(first) == version_key(second)
-
-
 def distinct_versions(versions: Iterable[str]) -> int:
     """How many different versions, by conda's equality."""
     return len({version_key(v) for v in versions})
@@ -172,10 +167,6 @@ class Disagreement:
     package: str
     kind: Literal["version", "build"]
     chosen: Mapping[Target, LockedPackage]
-
-    @property
-    def across_platforms(self) -> bool:
-        return len({t.platform for t in self.chosen}) > 1
 
     def describe(self) -> str:
         """``numpy: cpu/linux-64 has 2.0.2, cuda-12.4/linux-64 has 1.26.4``."""
