@@ -3,8 +3,9 @@
 Over 50,000 records and 3,000 names on linux-64, osx-arm64 and noarch: four pythons, per-python
 builds of compiled packages, per-CUDA builds (CUDA 11 and 12) of GPU packages, noarch python
 packages, and dependency chains about twenty deep (``pkg-i`` needs ``pkg-i//2``, ``pkg-i//3``
-and ``pkg-i//5``). The dask-gpu fixture packages sit on top; dask-core needs the ten newest
-chains, so a dask environment holds a few hundred packages.
+and ``pkg-i//5``). The dask-gpu fixture packages sit on top, with pandas and nvidia-ml-py
+(what the dask-gpu example adds); dask-core needs the ten newest chains, so a dask
+environment holds a few hundred packages.
 """
 
 from __future__ import annotations
@@ -96,6 +97,29 @@ def forge_packages() -> list[Package]:
         )
     for subdir in PLATFORMS:
         packages.extend(python_packages(subdir, EXTRA_PYTHONS))
+        # the rest of the dask-gpu example's dependencies: pandas (compiled) and nvidia-ml-py
+        for py in PYTHONS:
+            for version in ("2.2.2", "2.2.3"):
+                digest = build_hash("pandas", version, py, subdir)
+                packages.append(
+                    Package(
+                        name="pandas",
+                        version=version,
+                        subdir=subdir,
+                        build=f"py{py.replace('.', '')}{digest}_0",
+                        depends=(*_python_pins(py), "numpy >=1.22.4", *chains[:3]),
+                    )
+                )
+    for version in ("12.555.43", "12.560.30"):
+        packages.append(
+            Package(
+                name="nvidia-ml-py",
+                version=version,
+                build="pyhd8ed1ab_0",
+                noarch="python",
+                depends=("python >=3.6",),
+            )
+        )
     for index in range(1, FILLER):
         packages.extend(_filler(index))
     return packages

@@ -1,0 +1,34 @@
+"""The benchmarks' own inputs stay usable: the README's figures come from them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from forge import write_forge
+
+ENVBUILD = str(Path(sys.executable).parent / "envbuild")
+
+
+@pytest.mark.slow
+def test_the_lock_benchmark_channel_solves_the_dask_gpu_example(tmp_path: Path) -> None:
+    write_forge(tmp_path / "channel")
+    example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+    spec = tmp_path / "envbuild.yaml"
+    spec.write_text(example.replace("[../../build/demo-channel]", "[./channel]"))
+    done = subprocess.run(
+        [ENVBUILD, "lock", "--json", "--update-all", "-f", str(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["solves"] == 3  # cpu/linux-64, cpu/osx-arm64, cuda-12.4/linux-64
