@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from envbuild import runtime, staging
+from envbuild import runtime
 from envbuild.errors import ImageBuildError, ImagePushError
 from envbuild.imageplan import (
     ENV_DOCKERFILE,
@@ -31,6 +31,7 @@ from envbuild.lockfile import Lock
 from envbuild.matrix import Build, plan_builds
 
 if TYPE_CHECKING:
+    from envbuild import staging
     from envbuild.engine import Engine
 
 Log = Callable[[str], None]
@@ -241,6 +242,8 @@ def _write_context(
     source: Mapping[str, bytes],
     log: Log,
 ) -> ImageOutcome:
+    from envbuild import staging
+
     started = time.perf_counter()
     target = context_dir / plan.role if per_role else context_dir
     layers = staging.write_context(
@@ -276,6 +279,8 @@ def _build_one(
     variant layers) once per variant, then the role's layer on top of it. The result has the
     layers the single Dockerfile of ``--context`` gives, and the hundreds of megabytes of the
     environment go to the engine once per variant, not once per role."""
+    from envbuild import staging
+
     started = time.perf_counter()
     if engine.has_image(plan.reference):
         log(f"{plan.role:<10} {plan.variant:<10} {plan.reference} is up to date: nothing built")
