@@ -576,7 +576,10 @@ def deploy(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker replicas.")] = 4,
+    workers: Annotated[
+        # replicas is an int32 in Kubernetes
+        int, typer.Option("--workers", min=0, max=2**31 - 1, help="Worker replicas.")
+    ] = 4,
     pin_digests: Annotated[
         bool,
         typer.Option(

@@ -21,6 +21,7 @@ from typing import Any
 
 from envbuild import yamldoc
 from envbuild.gpucheck import DRIVER_FLOOR_BY_CUDA_MAJOR, ComputeCapability, parse_cuda_version
+from envbuild.imageplan import DEFAULT_COMMANDS, GUARD_ARGS
 from envbuild.lockfile import Lock
 
 MAJOR = "nvidia.com/gpu.compute.major"
@@ -133,11 +134,9 @@ def dask_cluster(
     """A DaskCluster (kubernetes.dask.org/v1) for the scheduler and worker images."""
     pods = {}
     for role, command in (
-        ("scheduler", ["dask", "scheduler", "--preload", "envbuild.dask"]),
-        (
-            "worker",
-            ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--preload", "envbuild.dask"],
-        ),
+        ("scheduler", list(DEFAULT_COMMANDS["scheduler"])),
+        # the operator sets DASK_WORKER_NAME (and DASK_SCHEDULER_ADDRESS, which dask reads)
+        ("worker", ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", *GUARD_ARGS]),
     ):
         resources, affinity, tolerations = _gpu_parts(lock, role)
         container: dict[str, Any] = {
@@ -216,7 +215,7 @@ def helm_values(lock: Lock, images: Mapping[str, str], *, workers: int) -> dict[
         resources, affinity, tolerations = _gpu_parts(lock, role)
         section: dict[str, Any] = {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
-            "extraArgs": ["--preload", "envbuild.dask"],
+            "extraArgs": list(GUARD_ARGS),
             "resources": resources,
             "affinity": affinity,
             "tolerations": tolerations,

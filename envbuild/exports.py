@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from envbuild import yamldoc
 from envbuild.atomic import write_atomic
 from envbuild.consistency import dependency_name
 from envbuild.errors import SelectionError
@@ -89,7 +88,7 @@ def render_environment(
         "channels": list(channels),
         "dependencies": sorted(f"{p.name}={p.version}={p.build}" for p in target.packages),
     }
-    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    body = yamldoc.dump(document, width=80)
     return _header(source, what) + f"# platform: {target.platform}\n" + body
 
 

@@ -35,11 +35,13 @@ IMAGE_PLATFORM = "linux-64"
 IMAGE_FORMAT = "4"
 ENVBUILD_DIR = "/opt/envbuild"
 ROLE_FILE = "/etc/envbuild/role.json"
+#: The arguments that load the Dask guard into a scheduler or worker.
+GUARD_ARGS = ("--preload", "envbuild.dask")
 #: What a role's image runs when given no command (the Dask guard preloaded).
 DEFAULT_COMMANDS: Mapping[str, tuple[str, ...]] = {
     "client": ("python",),
-    "scheduler": ("dask", "scheduler", "--preload", "envbuild.dask"),
-    "worker": ("dask", "worker", "--preload", "envbuild.dask"),
+    "scheduler": ("dask", "scheduler", *GUARD_ARGS),
+    "worker": ("dask", "worker", *GUARD_ARGS),
 }
 LABEL_PREFIX = "io.envbuild"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

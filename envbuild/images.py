@@ -95,7 +95,8 @@ def plan_matrix(lock: Lock, settings: ImageSettings, roles: Sequence[str]) -> li
     """``envbuild plan``: the builds of ``roles``, with what the registry has."""
     from envbuild import registry
 
-    plans = [plan_image(lock, role, settings, runtime.files()) for role in roles]
+    source = runtime.files()
+    plans = [plan_image(lock, role, settings, source) for role in roles]
     return plan_builds(plans, None if settings.local else registry.has_tag)
 
 
@@ -117,7 +118,8 @@ def cluster_images(
     for role in roles:
         if role in skipped:
             raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
-    plans = {role: plan_image(lock, role, settings, runtime.files()) for role in roles}
+    source = runtime.files()
+    plans = {role: plan_image(lock, role, settings, source) for role in roles}
     references = {role: plan.reference for role, plan in plans.items()}
     if not check_registry:
         if pin_digests:
@@ -294,8 +296,9 @@ def _build_one(
     engine.require_base(plan.settings.base, log)
     work = staging.scratch(cache_dir)
     layers: dict[str, staging.Layer] = {}
-    if plan.variant not in environments:
-        with _context(work, f"env-{plan.variant}") as context:
+
+    def build(name: str, parts: tuple[str, ...], dockerfile: str, tag: str | None) -> str:
+        with _context(work, name) as context:
             layers.update(
                 staging.write_context(
                     lock,
@@ -304,25 +307,21 @@ def _build_one(
                     work=work,
                     cache_dir=cache_dir,
                     runtime=source,
-                    parts=("shared", "variant"),
-                    dockerfile=ENV_DOCKERFILE.format(base=plan.settings.base),
+                    parts=parts,
+                    dockerfile=dockerfile,
                 )
             )
-            environments[plan.variant] = engine.build(context, None, engine_log)
-    with _context(work, plan.role) as context:
-        layers.update(
-            staging.write_context(
-                lock,
-                plan,
-                context,
-                work=work,
-                cache_dir=cache_dir,
-                runtime=source,
-                parts=("role",),
-                dockerfile=plan.role_dockerfile.replace("{base}", environments[plan.variant]),
-            )
+            return engine.build(context, tag, engine_log)
+
+    if plan.variant not in environments:
+        environments[plan.variant] = build(
+            f"env-{plan.variant}",
+            ("shared", "variant"),
+            ENV_DOCKERFILE.format(base=plan.settings.base),
+            None,
         )
-        engine.build(context, plan.reference, engine_log)
+    base = environments[plan.variant]
+    build(plan.role, ("role",), plan.role_dockerfile.replace("{base}", base), plan.reference)
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{n} {_size(layer.size)}" for n, layer in layers.items())
     log(f"{plan.role:<10} {plan.variant:<10} built {plan.reference} ({sizes}) in {seconds:.1f} s")

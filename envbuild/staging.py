@@ -142,13 +142,11 @@ def write_layer(
         return Layer(name, path, path.stat().st_size, sidecar.read_text().strip(), len(files))
     tmp = path.with_name(f".{path.name}.tmp")
     _write_tar(tmp, files, owned_folders or {})
-    digest = hashlib.sha256()
     with tmp.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
     tmp.replace(path)
-    sidecar.write_text("sha256:" + digest.hexdigest() + "\n")
-    return Layer(name, path, path.stat().st_size, "sha256:" + digest.hexdigest(), len(files))
+    sidecar.write_text(digest + "\n")
+    return Layer(name, path, path.stat().st_size, digest, len(files))
 
 
 def _write_tar(

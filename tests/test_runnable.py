@@ -148,12 +148,14 @@ def test_role_environments_run_python_and_the_dask_stack(
             "verify", "--role", role, "--prefix", prefix, "-f", spec, "--files", cwd=spec.parent
         )
         assert verified.returncode == 0, verified.stderr
-    # A console script of a noarch package names the environment's own python.
-    assert (
-        (prefixes["worker"] / "bin" / "dask")
-        .read_text()
-        .startswith(f"#!{prefixes['worker']}/bin/python")
-    )
+    # Console scripts of a noarch package name the environment's own python; among them the
+    # commands the dask Helm chart runs (dask-scheduler, worker.image.dask_worker).
+    for script in ("dask", "dask-scheduler", "dask-worker"):
+        assert (
+            (prefixes["worker"] / "bin" / script)
+            .read_text()
+            .startswith(f"#!{prefixes['worker']}/bin/python")
+        )
 
 
 def test_a_cluster_from_one_lock_computes_and_every_process_reports_it(

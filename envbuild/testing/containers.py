@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envbuild.imageplan import GUARD_ARGS
 from envbuild.testing import demo_client
 from envbuild.testing import docker as local_docker
 from envbuild.testing.cluster import ARRAY_SUM, GROUPBY, ClusterError, summary
@@ -76,8 +77,7 @@ class ContainerCluster:
                 "--port",
                 str(self.port),
                 "--no-dashboard",
-                "--preload",
-                "envbuild.dask",
+                *GUARD_ARGS,
             ],
         )
         self._wait_for(scheduler, "Scheduler at:")
@@ -95,8 +95,7 @@ class ContainerCluster:
                     "--no-dashboard",
                     "--name",
                     f"worker-{index}",
-                    "--preload",
-                    "envbuild.dask",
+                    *GUARD_ARGS,
                 ],
             )
 

@@ -77,11 +77,8 @@ def pinned_wheels(path: Path = WHEEL_LIST) -> list[PinnedWheel]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _intact(path: Path, sha256: str) -> bool:
