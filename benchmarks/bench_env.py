@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from paired import Command, Goals, prepare, ratios, rounds, spread
 
-from envbuild.locking import lock
+from envbuild.lock.locking import lock
 from envbuild.testing.catalog import dask_gpu_packages
 from envbuild.testing.channel import Package, write_channel
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from forge import write_forge
 from paired import Command, Goals, prepare, ratios, rounds, spread
 
-from envbuild.locking import plan_for
-from envbuild.specfile import load_spec
+from envbuild.lock.locking import plan_for
+from envbuild.spec.file import load_spec
 from envbuild.testing.channel import Package
 
 REPO = Path(__file__).parent.parent

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from envbuild.locking import lock
+from envbuild.lock.locking import lock
 
 PLATFORMS = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
 

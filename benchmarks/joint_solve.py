@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from forge import write_forge
 from paired import spread
 
-from envbuild.locking import plan_for
-from envbuild.matchspec import package_name
-from envbuild.specfile import load_spec
+from envbuild.lock.locking import plan_for
+from envbuild.spec.file import load_spec
+from envbuild.spec.matchspec import package_name
 
 REPO = Path(__file__).parent.parent
 RUNTIME = {"cuda-version", "cuda-cudart", "cuda-cudart_linux-64", "cudatoolkit"}

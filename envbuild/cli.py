@@ -140,8 +140,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented envbuild.yaml to start from."""
-    from envbuild.atomic import write_atomic
-    from envbuild.resources import read_template
+    from envbuild.files.atomic import write_atomic
+    from envbuild.files.resources import read_template
 
     if spec_path.exists() and not force:
         raise OutputError(f"{spec_path} already exists (use --force to overwrite it)")
@@ -180,8 +180,8 @@ def lock(
     An unchanged spec solves nothing and leaves envbuild.lock untouched. Progress goes to
     stderr, one line per target. Two runs on one lock file take turns.
     """
-    from envbuild import locking
-    from envbuild.progress import SilentReporter, StderrReporter
+    from envbuild.lock import locking
+    from envbuild.lock.progress import SilentReporter, StderrReporter
 
     if check:
         current = locking.check(spec_path, lock_path)
@@ -243,11 +243,11 @@ def show(
 ) -> None:
     """Show roles and their variants, package counts per target, and what differs between
     variants (and why it may). A stale lock is shown, and marked STALE."""
-    from envbuild import locking, report
+    from envbuild.lock import locking, report
 
     if prefix is not None:
-        from envbuild.environments import read_stamp
-        from envbuild.lockfile import content_digest
+        from envbuild.env.environments import read_stamp
+        from envbuild.lock.lockfile import content_digest
 
         digest = None
         if spec_path or lock_path or Path(locking.SPEC_FILE_NAME).exists():
@@ -316,7 +316,7 @@ def export(
 
     A stale lock (the spec changed since it was locked) is refused.
     """
-    from envbuild import conda, exports, locking
+    from envbuild.lock import conda, exports, locking
 
     used = locking.locate(spec_path, lock_path)
     target = _output(output)
@@ -370,7 +370,8 @@ def env(
     Two runs on one prefix take turns; a prefix this command created and could not finish is
     removed.
     """
-    from envbuild import conda, environments, locking
+    from envbuild.env import environments
+    from envbuild.lock import conda, locking
 
     used = locking.locate(spec_path, lock_path)
     target = used.lock.role_target(role, platform or conda.current_platform())
@@ -438,9 +439,10 @@ def image(
     Tags are content-addressed: an unchanged lock builds nothing and pushes no layer.
     Uses the engine that DOCKER_HOST names (or the default socket).
     """
-    from envbuild import images, locking
-    from envbuild.cache import package_cache
     from envbuild.errors import SelectionError
+    from envbuild.files.cache import package_cache
+    from envbuild.image import build as images
+    from envbuild.lock import locking
 
     if bool(role) == every:
         raise SelectionError("choose roles with --role ROLE (repeatable), or every role with --all")
@@ -502,7 +504,9 @@ def plan(
 
     A CI job per build runs `envbuild image ARGS --push --skip-existing`.
     """
-    from envbuild import images, locking, matrix
+    from envbuild.image import build as images
+    from envbuild.image import matrix
+    from envbuild.lock import locking
 
     used = locking.locate(spec_path, lock_path)
     settings = images.image_settings(used.spec, used.lock)
@@ -532,7 +536,7 @@ def _kubernetes_label(kind: str) -> Callable[[str | None], str | None]:
     """A typer callback that refuses what Kubernetes would refuse as a ``kind``."""
 
     def check(value: str | None) -> str | None:
-        from envbuild import deploy
+        from envbuild.cluster import manifests as deploy
 
         try:
             return None if value is None else deploy.validate_name(value, kind)
@@ -617,11 +621,12 @@ def deploy(
       envbuild deploy kubernetes --workers 8 -o cluster.yaml && kubectl apply -f cluster.yaml
       envbuild deploy helm -o values.yaml && helm install dask dask/dask -f values.yaml
     """
-    from envbuild import deploy as rendering
-    from envbuild import images, locking
-    from envbuild.atomic import write_atomic
+    from envbuild.cluster import manifests as rendering
     from envbuild.errors import SelectionError
-    from envbuild.lockfile import content_digest
+    from envbuild.files.atomic import write_atomic
+    from envbuild.image import build as images
+    from envbuild.lock import locking
+    from envbuild.lock.lockfile import content_digest
 
     if target is DeployTarget.helm and (name or namespace):
         raise SelectionError(
@@ -686,7 +691,8 @@ def verify(
 
     When it does not, the command that repairs it is printed.
     """
-    from envbuild import conda, environments, locking
+    from envbuild.env import environments
+    from envbuild.lock import conda, locking
 
     used = locking.locate(spec_path, lock_path)
     target = used.lock.role_target(role, platform or conda.current_platform())
@@ -760,7 +766,8 @@ def run(
     the same message (exit 12); --no-verify runs it anyway. The command's exit code is
     envbuild's: `envbuild run --role worker -- dask worker tcp://scheduler:8786`.
     """
-    from envbuild import conda, environments, locking
+    from envbuild.env import environments
+    from envbuild.lock import conda, locking
 
     used = locking.locate(spec_path, lock_path)
     platform = conda.current_platform()
@@ -779,7 +786,7 @@ def run(
 @app.command(short_help="Print the JSON Schema of envbuild.yaml (for editors).")
 def schema() -> None:
     """Print the JSON Schema of envbuild.yaml (for editors: yaml-language-server)."""
-    from envbuild.spec import json_schema
+    from envbuild.spec.model import json_schema
 
     _print_json(json_schema())
 
@@ -804,6 +811,6 @@ def main() -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
             stream.flush()
     # Skip interpreter shutdown: rattler's runtime threads may still be dropping Python objects
-    # right after a solve, and racing them can abort the process (see envbuild.conda.Solver).
+    # right after a solve, and racing them can abort the process (see envbuild.lock.conda.Solver).
     # Every file is written (atomically, fsynced) before this point; envbuild has no exit hooks.
     os._exit(status)

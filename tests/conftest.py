@@ -107,7 +107,7 @@ def envbuild(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
 @pytest.fixture
 def locked(scenario: Callable[..., Path]) -> Path:
     """The dask-gpu scenario, locked; returns the spec's path."""
-    from envbuild.locking import lock
+    from envbuild.lock.locking import lock
 
     spec = scenario("dask-gpu")
     lock(spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typer.testing import Result
 
 from envbuild import __version__
-from envbuild.resources import SCHEMA_PATH
+from envbuild.files.resources import SCHEMA_PATH
 
 
 def test_help_teaches_the_workflow_and_exit_codes(envbuild: Callable[..., Result]) -> None:

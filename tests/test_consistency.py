@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from envbuild.consistency import (
+from envbuild.lock.consistency import (
     check,
     cuda_dependent,
     cuda_runtime,
@@ -10,8 +10,8 @@ from envbuild.consistency import (
     platform_mismatches,
     variant_differences,
 )
-from envbuild.lockfile import LockedPackage, Target
-from envbuild.resolve import culprit
+from envbuild.lock.lockfile import LockedPackage, Target
+from envbuild.lock.resolve import culprit
 
 
 def pkg(name: str, version: str = "1.0", build: str = "0", *depends: str) -> LockedPackage:

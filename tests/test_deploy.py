@@ -24,10 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import Result
 
-from envbuild import deploy, runtime
+from envbuild.cluster import manifests as deploy
+from envbuild.env import runtime
 from envbuild.gpucheck import ComputeCapability, Driver, driver_problem, parse_cuda_version
-from envbuild.imageplan import ImageSettings, plan_image
-from envbuild.lockfile import Lock, content_digest
+from envbuild.image.plan import ImageSettings, plan_image
+from envbuild.lock.lockfile import Lock, content_digest
 from envbuild.testing.wheels import PinnedWheel, fetch
 
 from .conftest import REPO, TESTS

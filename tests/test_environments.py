@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.environments import STAMP
-from envbuild.locking import lock
+from envbuild.env.environments import STAMP
+from envbuild.lock.locking import lock
 from envbuild.testing.channel import Package, archive_bytes
 
 WORKER_PACKAGES = 21

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.exports import install_order
-from envbuild.lockfile import Target, read_lock
+from envbuild.lock.exports import install_order
+from envbuild.lock.lockfile import Target, read_lock
 
 from .conftest import TESTS
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envbuild.environments import OLD_MARKER, STAMP
+from envbuild.env.environments import OLD_MARKER, STAMP
 from envbuild.errors import LockFileError, SpecError
-from envbuild.lockfile import loads
-from envbuild.specfile import parse_spec
+from envbuild.lock.lockfile import loads
+from envbuild.spec.file import parse_spec
 
 from .conftest import lock_document
 
@@ -347,8 +347,8 @@ RAW_INSTALL = r"""
 import asyncio, os, sys
 from pathlib import Path
 from rattler import PrefixRecord, Subdir, install
-from envbuild.conda import to_rattler
-from envbuild.lockfile import Target, read_lock
+from envbuild.lock.conda import to_rattler
+from envbuild.lock.lockfile import Target, read_lock
 prefix = Path(sys.argv[2])
 for path in sorted((prefix / "conda-meta").glob("*.json")):  # as pixi and micromamba read it
     PrefixRecord.from_path(path)

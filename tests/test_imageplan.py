@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from envbuild import runtime
-from envbuild.imageplan import ImageSettings, buildable_roles, plan_image, split_layers
-from envbuild.lockfile import Lock, loads
+from envbuild.env import runtime
+from envbuild.image.plan import ImageSettings, buildable_roles, plan_image, split_layers
+from envbuild.lock.lockfile import Lock, loads
 
 from .conftest import TESTS
 

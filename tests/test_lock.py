@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pytest
 from typer.testing import Result
 
-from envbuild.locking import lock
+from envbuild.lock.locking import lock
 from envbuild.testing.catalog import dask_packages, write_dask_gpu_channel
 from envbuild.testing.channel import Package
 

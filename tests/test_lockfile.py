@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from envbuild.errors import OutputError
-from envbuild.lockfile import (
+from envbuild.lock.lockfile import (
     Lock,
     LockedPackage,
     LockedRole,

@@ -15,7 +15,7 @@ from typing import ClassVar
 import pytest
 
 from envbuild.errors import RegistryError
-from envbuild.registry import credentials, has_tag, parse_reference
+from envbuild.image.registry import credentials, has_tag, parse_reference
 
 USER, PASSWORD = "robot", "pa55-not-printed"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from envbuild.errors import SpecError
-from envbuild.locking import plan_for
-from envbuild.resources import SCHEMA_PATH, read_template
-from envbuild.spec import json_schema, spec_hash
-from envbuild.specfile import load_spec, parse_spec
-from envbuild.variants import derive_variants
+from envbuild.files.resources import SCHEMA_PATH, read_template
+from envbuild.lock.locking import plan_for
+from envbuild.lock.variants import derive_variants
+from envbuild.spec.file import load_spec, parse_spec
+from envbuild.spec.model import json_schema, spec_hash
 
 from .conftest import REPO
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envbuild.imageplan import GUARD_ARGS
+from envbuild.image.plan import GUARD_ARGS
 from envbuild.testing import demo_client
 from envbuild.testing import docker as local_docker
 from envbuild.testing.cluster import ARRAY_SUM, GROUPBY, ClusterError, summary

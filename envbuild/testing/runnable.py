@@ -352,7 +352,7 @@ def default_cache() -> Path:
     cache's ``runnable/``."""
     if os.environ.get("ENVBUILD_RUNNABLE_CACHE"):
         return Path(os.environ["ENVBUILD_RUNNABLE_CACHE"])
-    from envbuild.cache import cache_root
+    from envbuild.files.cache import cache_root
 
     return cache_root() / "runnable"
 

@@ -26,9 +26,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from envbuild.conda import version_key
-from envbuild.lockfile import LockedPackage, Target
-from envbuild.matchspec import package_name
+from envbuild.lock.conda import version_key
+from envbuild.lock.lockfile import LockedPackage, Target
+from envbuild.spec.matchspec import package_name
 
 #: Names that make a package CUDA-dependent when it is one of them or depends on one.
 CUDA_MARKERS = frozenset({"cuda-version", "cudatoolkit", "__cuda"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).parent
+_PACKAGE = Path(__file__).parent.parent
 _CANDIDATES = (_PACKAGE / "templates", _PACKAGE.parent / "templates")
 
 

@@ -19,10 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from envbuild import yamldoc
 from envbuild.gpucheck import DRIVER_FLOOR_BY_CUDA_MAJOR, ComputeCapability, parse_cuda_version
-from envbuild.imageplan import DEFAULT_COMMANDS, GUARD_ARGS
-from envbuild.lockfile import Lock
+from envbuild.image.plan import DEFAULT_COMMANDS, GUARD_ARGS
+from envbuild.lock.lockfile import Lock
+from envbuild.spec import yamldoc
 
 MAJOR = "nvidia.com/gpu.compute.major"
 MINOR = "nvidia.com/gpu.compute.minor"

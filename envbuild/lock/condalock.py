@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from envbuild.consistency import dependency_name
-from envbuild.lockfile import Lock, LockedTarget
+from envbuild.lock.consistency import dependency_name
+from envbuild.lock.lockfile import Lock, LockedTarget
 
 
 def _dependencies(depends: Sequence[str]) -> dict[str, str]:

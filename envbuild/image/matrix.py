@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from envbuild.imageplan import IMAGE_PLATFORM, ImagePlan
+from envbuild.image.plan import IMAGE_PLATFORM, ImagePlan
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from envbuild import exclusive
 from envbuild.errors import ChannelError, LockStaleError, SelectionError, SpecError
-from envbuild.lockfile import (
+from envbuild.files import exclusive
+from envbuild.lock.lockfile import (
     LOCK_FILE_NAME,
     Lock,
     LockedPackage,
@@ -21,12 +21,12 @@ from envbuild.lockfile import (
     read_lock,
     write_lock,
 )
-from envbuild.progress import SilentReporter
-from envbuild.specfile import ROLES, SpecFile, digest, load_spec, read_spec_bytes
+from envbuild.lock.progress import SilentReporter
+from envbuild.spec.file import ROLES, SpecFile, digest, load_spec, read_spec_bytes
 
 if TYPE_CHECKING:
-    from envbuild.resolve import Plan, Reporter
-    from envbuild.variants import Variant
+    from envbuild.lock.resolve import Plan, Reporter
+    from envbuild.lock.variants import Variant
 
 SPEC_FILE_NAME = "envbuild.yaml"
 
@@ -50,9 +50,9 @@ def default_lock_path(spec_path: Path) -> Path:
 
 def plan_for(spec_file: SpecFile) -> Plan:
     """The resolver's plan for a spec: every target with its specs and virtual packages."""
-    from envbuild.conda import match_spec_name
-    from envbuild.resolve import Plan, TargetRequest
-    from envbuild.variants import derive_variants, target_virtual_packages
+    from envbuild.lock.conda import match_spec_name
+    from envbuild.lock.resolve import Plan, TargetRequest
+    from envbuild.lock.variants import derive_variants, target_virtual_packages
 
     spec = spec_file.spec
     channels = spec_file.channel_urls()
@@ -118,7 +118,7 @@ def _roles(spec_file: SpecFile, variants: Sequence[Variant]) -> tuple[LockedRole
 
 
 def _check_update_names(names: Sequence[str], previous: Lock | None, spec_file: SpecFile) -> None:
-    from envbuild.conda import match_spec_name
+    from envbuild.lock.conda import match_spec_name
 
     known = {p.name for t in previous.targets for p in t.packages} if previous else set()
     known |= {match_spec_name(s) for s in spec_file.spec.dependencies}
@@ -178,8 +178,8 @@ def _resolve(
     """Solve the spec into a new lock (keeping ``previous``'s versions where it can)."""
     import asyncio  # only now: an up-to-date lock must return fast
 
-    from envbuild.resolve import resolve
-    from envbuild.variants import derive_variants
+    from envbuild.lock.resolve import resolve
+    from envbuild.lock.variants import derive_variants
 
     plan = plan_for(spec_file)
     reporter.note(f"solving {len(plan.requests)} targets of {spec_file.path}")

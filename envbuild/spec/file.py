@@ -1,7 +1,7 @@
 """Reading a spec file: its bytes, its YAML (with the line of every value), the model, and
 every problem worded with the file and line.
 
-Importing this module is cheap: pydantic (the model, ``envbuild.spec``) and the solver are
+Importing this module is cheap: pydantic (the model, ``envbuild.spec.model``) and the solver are
 loaded only when a spec must be validated, so a command whose lock is current by the spec
 file's bytes (``read_spec_bytes`` + ``digest``) never pays for them.
 """
@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from envbuild import yamldoc
-from envbuild.channels import resolve_channel
 from envbuild.errors import SpecError
-from envbuild.yamldoc import Loc, dotted, shown
+from envbuild.spec import yamldoc
+from envbuild.spec.channels import resolve_channel
+from envbuild.spec.yamldoc import Loc, dotted, shown
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from envbuild.spec import Spec
+    from envbuild.spec.model import Spec
 
 #: A spec is a few kilobytes; anything near this is not one.
 MAX_SPEC_BYTES = 1 << 20
@@ -48,7 +48,7 @@ class SpecFile:
     @property
     def content_hash(self) -> str:
         """Hash of everything that decides the lock (not the image settings, not comments)."""
-        from envbuild.spec import spec_hash
+        from envbuild.spec.model import spec_hash
 
         return spec_hash(self.spec)
 
@@ -58,7 +58,7 @@ class SpecFile:
         Kept out of parsing so that an up-to-date lock is confirmed without loading the
         solver: a spec whose hash matches its lock was fully checked when it was locked.
         """
-        from envbuild.conda import match_spec_name
+        from envbuild.lock.conda import match_spec_name
 
         problems = []
         fields = (("dependencies", "dependencies"), ("gpu-dependencies", "gpu_dependencies"))
@@ -92,7 +92,7 @@ def _allowed_keys(loc: Loc) -> list[str] | None:
     """Keys allowed in the mapping that contains ``loc``'s last element."""
     from pydantic import BaseModel
 
-    from envbuild.spec import Spec
+    from envbuild.spec.model import Spec
 
     model: type[BaseModel] = Spec
     for part in loc[:-1]:
@@ -147,7 +147,7 @@ def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
         raise SpecError(f"{path}: a spec is a mapping with name, channels, platforms, ... keys")
     from pydantic import ValidationError
 
-    from envbuild.spec import Spec, semantic_problems
+    from envbuild.spec.model import Spec, semantic_problems
 
     try:
         spec = Spec.model_validate(data)

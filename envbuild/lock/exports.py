@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from envbuild import yamldoc
-from envbuild.atomic import write_atomic
-from envbuild.consistency import dependency_name
 from envbuild.errors import SelectionError
-from envbuild.lockfile import Lock, LockedPackage, LockedTarget, content_digest
+from envbuild.files.atomic import write_atomic
+from envbuild.lock.consistency import dependency_name
+from envbuild.lock.lockfile import Lock, LockedPackage, LockedTarget, content_digest
+from envbuild.spec import yamldoc
 
 Format = Literal["conda-lock", "explicit", "environment", "pixi", "role-file"]
 FORMATS: tuple[Format, ...] = ("conda-lock", "explicit", "environment", "pixi", "role-file")
@@ -134,7 +134,7 @@ def render(
     if fmt == "role-file":
         return render_role_file(lock, _required(lock, role))
     if fmt == "conda-lock":
-        from envbuild.condalock import render_conda_lock
+        from envbuild.lock.condalock import render_conda_lock
 
         targets = _role_targets(lock, role, platform)
         return (
@@ -178,7 +178,7 @@ def export(
 
 
 def _write_pixi(lock: Lock, output: Path | None) -> str | None:
-    from envbuild import conda
+    from envbuild.lock import conda
 
     environments: dict[str, dict[str, tuple[Sequence[str], Sequence[LockedPackage]]]] = {}
     for target in lock.targets:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envbuild.errors import ChannelError, InstallError, SolveError
-from envbuild.lockfile import LockedPackage
+from envbuild.lock.lockfile import LockedPackage
 
 if TYPE_CHECKING:
     from rattler import Gateway, RepoDataRecord
@@ -101,7 +101,7 @@ class Solver:
         if self._gateway is None:
             from rattler import Gateway
 
-            from envbuild.cache import repodata_cache
+            from envbuild.files.cache import repodata_cache
 
             self._gateway = Gateway(cache_dir=repodata_cache())
         return self._gateway
@@ -214,7 +214,7 @@ async def install(
     (rattler keeps a package whose record was edited as long as its sha256 still matches).
 
     rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
-    callers verify those first (envbuild.environments.check_local_archives).
+    callers verify those first (envbuild.env.environments.check_local_archives).
     """
     from rattler import Subdir
     from rattler import install as rattler_install

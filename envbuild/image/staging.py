@@ -31,11 +31,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envbuild.atomic import write_atomic
-from envbuild.environments import STAMP, check_local_archives, make_stamp
+from envbuild.env.environments import STAMP, check_local_archives, make_stamp
 from envbuild.errors import ImageBuildError, OutputError
-from envbuild.imageplan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
-from envbuild.lockfile import Lock, LockedPackage
+from envbuild.files.atomic import write_atomic
+from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
+from envbuild.lock.lockfile import Lock, LockedPackage
 
 LAYERS = ("shared", "variant", "role")
 #: Record fields that name this machine (its package cache), not the package.
@@ -67,7 +67,7 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
     shutil.rmtree(staged, ignore_errors=True)
     root = staged / "root"
     check_local_archives(target.packages, cache_dir)
-    from envbuild import conda
+    from envbuild.lock import conda
 
     try:
         asyncio.run(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from envbuild.consistency import variant_differences
-from envbuild.lockfile import Lock
+from envbuild.lock.consistency import variant_differences
+from envbuild.lock.lockfile import Lock
 
 
 def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict[str, Any]:

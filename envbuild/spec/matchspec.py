@@ -1,6 +1,6 @@
 """Match specs without a solver: the package name of ``"python >=3.9"`` and the like.
 
-Full parsing is rattler's (``envbuild.conda.match_spec_name``); this is the cheap part that
+Full parsing is rattler's (``envbuild.lock.conda.match_spec_name``); this is the cheap part that
 fast paths need without importing it.
 """
 

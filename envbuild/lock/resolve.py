@@ -35,10 +35,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from envbuild import consistency
-from envbuild.conda import Solver, sort_versions, version_key
 from envbuild.errors import ConsistencyError, SolveError
-from envbuild.lockfile import LockedPackage, Target
+from envbuild.lock import consistency
+from envbuild.lock.conda import Solver, sort_versions, version_key
+from envbuild.lock.lockfile import LockedPackage, Target
 
 #: Rounds of new pins before giving up (each round pins at least one more package).
 MAX_ROUNDS = 40

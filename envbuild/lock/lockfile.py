@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envbuild.atomic import write_atomic
-from envbuild.channels import carries_credentials
 from envbuild.errors import LockFileError, SelectionError
+from envbuild.files.atomic import write_atomic
+from envbuild.spec.channels import carries_credentials
 
 LOCK_FILE_NAME = "envbuild.lock"
 #: The lock format this envbuild writes and the newest it reads.

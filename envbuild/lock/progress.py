@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from envbuild.lockfile import Target
+from envbuild.lock.lockfile import Target
 
 
 class StderrReporter:

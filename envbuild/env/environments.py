@@ -8,7 +8,7 @@ install succeeded, so an interrupted install never leaves a prefix that ``verify
 complete. The stamp also says which lock, variant, platform and roles the prefix was made
 for (``envbuild show --prefix``, the Dask guard).
 
-Two ``env`` runs on one prefix take turns (``envbuild.exclusive``). A prefix that ``env``
+Two ``env`` runs on one prefix take turns (``envbuild.files.exclusive``). A prefix that ``env``
 created and could not finish is removed again.
 """
 
@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envbuild import exclusive
-from envbuild.atomic import write_atomic
-from envbuild.cache import package_cache
 from envbuild.errors import InstallError, OutputError, PrefixMismatchError
-from envbuild.lockfile import Lock, LockedPackage, LockedTarget, content_digest
+from envbuild.files import exclusive
+from envbuild.files.atomic import write_atomic
+from envbuild.files.cache import package_cache
+from envbuild.lock.lockfile import Lock, LockedPackage, LockedTarget, content_digest
 
 STAMP = Path("etc") / "envbuild" / "stamp.json"
 #: Where envbuild 0.1 kept its marker; it broke other tools, so ``env`` moves it.
@@ -493,7 +493,7 @@ def _install(
         damaged = {f.package for f in report.files}
         _drop_extractions([p for p in target.packages if p.name in damaged], cache_dir)
 
-    from envbuild import conda
+    from envbuild.lock import conda
 
     asyncio.run(
         conda.install(
@@ -511,8 +511,8 @@ def _install(
 
 
 def write_runtime(prefix: Path) -> None:
-    """The GPU check and the Dask guard, for ``envbuild run`` (envbuild.runtime)."""
-    from envbuild import runtime
+    """The GPU check and the Dask guard, for ``envbuild run`` (envbuild.env.runtime)."""
+    from envbuild.env import runtime
 
     for name, content in runtime.files().items():
         path = prefix / runtime.PREFIX_FOLDER / name
@@ -533,11 +533,11 @@ def default_prefix(lock_path: Path, role: str) -> Path:
 def exec_in(prefix: Path, platform: str, command: Sequence[str], env: Mapping[str, str]) -> None:
     """Replace this process with ``command`` run inside ``prefix``, activated as conda
     activates it; its exit code and signals are the command's own. Returns only on error."""
-    from envbuild import conda
+    from envbuild.lock import conda
 
     if not command:
         raise OutputError("name a command to run after --, e.g. -- python -c 'import dask'")
-    from envbuild import runtime
+    from envbuild.env import runtime
 
     with contextlib.suppress(OutputError, OSError):  # a read-only prefix keeps what it has
         write_runtime(prefix)  # the guard and check of the envbuild that runs it

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envbuild.lockfile import Target
-from envbuild.platforms import VirtualPackage, virtual_packages
-from envbuild.spec import Spec
-from envbuild.specfile import ROLES
+from envbuild.lock.lockfile import Target
+from envbuild.spec.file import ROLES
+from envbuild.spec.model import Spec
+from envbuild.spec.platforms import VirtualPackage, virtual_packages
 
 CPU = "cpu"
 #: A CPU variant never carries a CUDA runtime: these constraints match no package, so the

@@ -10,7 +10,7 @@ Layers, bottom to top:
 4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the home
    folder of the image's user.
 
-envbuild writes each layer as a reproducible tar (``envbuild.staging``); identical content
+envbuild writes each layer as a reproducible tar (``envbuild.image.staging``); identical content
 gives identical layer digests, so a registry stores the shared layer once, and the scheduler
 and worker of one variant share every environment layer. The tag is content-addressed: it
 changes exactly when something that goes into the image changes, so an unchanged lock builds
@@ -25,9 +25,9 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from envbuild.exports import render_role_file
-from envbuild.lockfile import Lock, LockedPackage, content_digest
-from envbuild.resources import read_template
+from envbuild.files.resources import read_template
+from envbuild.lock.exports import render_role_file
+from envbuild.lock.lockfile import Lock, LockedPackage, content_digest
 
 #: The only platform images are built for (and the platform the tests' engine runs).
 IMAGE_PLATFORM = "linux-64"
@@ -155,7 +155,7 @@ def _environment(
         "ENVBUILD_VARIANT": locked.variant,
         "ENVBUILD_LOCK": lock_digest,
         "ENVBUILD_ROLE_FILE": ROLE_FILE,
-        "PYTHONPATH": ENVBUILD_DIR,  # the GPU check and the Dask guard (envbuild.runtime)
+        "PYTHONPATH": ENVBUILD_DIR,  # the GPU check and the Dask guard (envbuild.env.runtime)
         "HOME": home,
         "USER": settings.user,
         "LOGNAME": settings.user,

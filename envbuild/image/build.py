@@ -1,9 +1,9 @@
 """``envbuild image``: role images from the lock, built on a container engine.
 
-For each role: plan the image from the lock (``envbuild.imageplan``, pure); when the engine
+For each role: plan the image from the lock (``envbuild.image.plan``, pure); when the engine
 has its content-addressed tag already, there is nothing to build; otherwise stage the
 variant (once for the roles that share it) and write the build context
-(``envbuild.staging``), build it (``envbuild.engine``), and push it when asked. ``--context``
+(``envbuild.image.staging``), build it (``envbuild.image.engine``), and push it when asked. ``--context``
 stops after writing the context: no engine is needed, and any builder takes it.
 """
 
@@ -18,21 +18,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from envbuild import runtime
+from envbuild.env import runtime
 from envbuild.errors import ImageBuildError, ImagePushError
-from envbuild.imageplan import (
+from envbuild.image.matrix import Build, plan_builds
+from envbuild.image.plan import (
     ENV_DOCKERFILE,
     ImagePlan,
     ImageSettings,
     buildable_roles,
     plan_image,
 )
-from envbuild.lockfile import Lock
-from envbuild.matrix import Build, plan_builds
+from envbuild.lock.lockfile import Lock
 
 if TYPE_CHECKING:
-    from envbuild import staging
-    from envbuild.engine import Engine
+    from envbuild.image import staging
+    from envbuild.image.engine import Engine
 
 Log = Callable[[str], None]
 Status = Literal["built", "up-to-date", "in-registry", "context", "planned"]
@@ -64,8 +64,8 @@ def default_repository(lock: Lock) -> str:
 
 def image_settings(spec_path: Path | None, lock: Lock) -> ImageSettings:
     """The spec's image section (its defaults for a lock used without its spec)."""
-    from envbuild.spec import ImageSettings as SpecImageSettings
-    from envbuild.specfile import load_spec
+    from envbuild.spec.file import load_spec
+    from envbuild.spec.model import ImageSettings as SpecImageSettings
 
     section = load_spec(spec_path, full=False).spec.image if spec_path else SpecImageSettings()
     return ImageSettings(
@@ -93,7 +93,7 @@ def select_roles(lock: Lock, roles: Sequence[str], every: bool) -> tuple[list[st
 
 def plan_matrix(lock: Lock, settings: ImageSettings, roles: Sequence[str]) -> list[Build]:
     """``envbuild plan``: the builds of ``roles``, with what the registry has."""
-    from envbuild import registry
+    from envbuild.image import registry
 
     source = runtime.files()
     plans = [plan_image(lock, role, settings, source) for role in roles]
@@ -111,8 +111,8 @@ def cluster_images(
     """``envbuild deploy``: role -> the image reference a cluster pulls: the content-addressed
     tag (with ``@sha256:...`` when ``pin_digests``), after the registry confirmed it has each
     one. Refuses images that have no registry, or that it lacks, naming the command to run."""
-    from envbuild import registry
     from envbuild.errors import ImageMissingError, RegistryError, SelectionError
+    from envbuild.image import registry
 
     _, skipped = buildable_roles(lock)
     for role in roles:
@@ -181,7 +181,7 @@ def build_images(
             _write_context(lock, plan, context_dir, len(plans) > 1, cache_dir, source, log)
             for plan in plans
         ]
-    from envbuild.engine import Engine
+    from envbuild.image.engine import Engine
 
     engine = Engine.connect()
     if dry_run:
@@ -192,7 +192,7 @@ def build_images(
             "(e.g. registry.example.com/dask-gpu) to push, or to skip what it has"
         )
     if skip_existing:
-        from envbuild import registry
+        from envbuild.image import registry
 
         present = [p for p in plans if registry.has_tag(p.reference)]
         for plan in present:
@@ -244,7 +244,7 @@ def _write_context(
     source: Mapping[str, bytes],
     log: Log,
 ) -> ImageOutcome:
-    from envbuild import staging
+    from envbuild.image import staging
 
     started = time.perf_counter()
     target = context_dir / plan.role if per_role else context_dir
@@ -281,7 +281,7 @@ def _build_one(
     variant layers) once per variant, then the role's layer on top of it. The result has the
     layers the single Dockerfile of ``--context`` gives, and the hundreds of megabytes of the
     environment go to the engine once per variant, not once per role."""
-    from envbuild import staging
+    from envbuild.image import staging
 
     started = time.perf_counter()
     if engine.has_image(plan.reference):

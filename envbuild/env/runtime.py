@@ -23,7 +23,7 @@ tool itself."""
 
 def files() -> dict[str, bytes]:
     """Path inside the folder -> content."""
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent
     return {
         "envbuild/__init__.py": _STUB.encode(),
         "envbuild/gpucheck.py": (package / "gpucheck.py").read_bytes(),

@@ -1,7 +1,7 @@
 """The envbuild spec: one file that declares the cluster's roles, their hardware and ONE
 environment.
 
-The model is strict (unknown keys are errors); ``envbuild.specfile`` reads a file into it and
+The model is strict (unknown keys are errors); ``envbuild.spec.file`` reads a file into it and
 words every error with its file and line. The JSON Schema committed under
 ``envbuild/schema/`` is generated from these models (``envbuild schema``).
 """
@@ -24,11 +24,11 @@ from pydantic import (
 )
 
 from envbuild import gpucheck
-from envbuild.channels import CREDENTIALS_MESSAGE, carries_credentials
-from envbuild.matchspec import package_name
-from envbuild.platforms import GPU_PLATFORMS, PLATFORMS
-from envbuild.specfile import ROLES
-from envbuild.yamldoc import Loc, dotted, shown
+from envbuild.spec.channels import CREDENTIALS_MESSAGE, carries_credentials
+from envbuild.spec.file import ROLES
+from envbuild.spec.matchspec import package_name
+from envbuild.spec.platforms import GPU_PLATFORMS, PLATFORMS
+from envbuild.spec.yamldoc import Loc, dotted, shown
 
 SPEC_FILE_NAME = "envbuild.yaml"
 #: Packages envbuild chooses per variant; a spec must not pin them itself.
