@@ -59,10 +59,11 @@ def prepare() -> None:
 
 
 def order(names: Sequence[str], number: int) -> list[str]:
-    """The order of round ``number``: rotated by one each round, reversed every other."""
+    """The order of round ``number``: a cyclic Latin square. Rotated by one each round, so
+    over ``len(names)`` rounds every case takes every position exactly once (with two cases:
+    ab, ba, ab, ...). Runs whose count is a multiple of the number of cases are balanced."""
     shift = number % len(names)
-    ordered = list(names[shift:]) + list(names[:shift])
-    return ordered[::-1] if number % 2 else ordered
+    return list(names[shift:]) + list(names[:shift])
 
 
 def rounds(
@@ -76,6 +77,8 @@ def rounds(
         for name in order(names, number):
             case = cases[name]
             command = case if isinstance(case, Command) else case(number)
+            # What the previous case wrote must not be flushed during this one's time.
+            os.sync()
             seconds = command.wall()
             if number >= warmup:
                 times[name].append(seconds)

@@ -22,6 +22,14 @@ class EnvbuildError(Exception):
         self.details = details
 
 
+class UsageError(EnvbuildError):
+    """The command line asks for something that cannot be done as asked (as click's own
+    usage errors)."""
+
+    exit_code = 2
+    label = "command-line usage error"
+
+
 class SpecError(EnvbuildError):
     """The spec file is missing, malformed or invalid (names the file and line)."""
 
@@ -127,11 +135,19 @@ class ImageMissingError(EnvbuildError):
     label = "image not in the registry"
 
 
+class UnsafePackageError(EnvbuildError):
+    """A package would write outside its prefix (or layer), over envbuild's own files, or
+    expands beyond the size limit: refused before anything is installed or staged."""
+
+    exit_code = 18
+    label = "a package is unsafe to install"
+
+
 #: Exit codes, for --help and the README.
 EXIT_CODES: dict[int, str] = {
     0: "success",
     EnvbuildError.exit_code: EnvbuildError.label,
-    2: "command-line usage error",
+    UsageError.exit_code: UsageError.label,
     **{
         cls.exit_code: cls.label
         for cls in (
@@ -150,6 +166,7 @@ EXIT_CODES: dict[int, str] = {
             ImagePushError,
             RegistryError,
             ImageMissingError,
+            UnsafePackageError,
         )
     },
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.env.environments import STAMP
+from envbuild.env.stamp import STAMP
 from envbuild.lock.locking import lock
 from envbuild.testing.channel import Package, archive_bytes
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envbuild.env.environments import OLD_MARKER, STAMP
+from envbuild.env.stamp import OLD_MARKER, STAMP
 from envbuild.errors import LockFileError, SpecError
 from envbuild.lock.lockfile import loads
 from envbuild.spec.file import parse_spec
@@ -208,7 +208,7 @@ def test_every_spec_problem_is_reported(scenario: Callable[..., Path], tmp_path:
 @given(st.text(max_size=400))
 def test_any_text_is_a_spec_or_a_spec_error(text: str) -> None:
     try:
-        parse_spec(text, Path("envbuild.yaml"), full=False)
+        parse_spec(text, Path("envbuild.yaml"))
     except SpecError as error:
         assert str(error).startswith("envbuild.yaml")
 
@@ -246,7 +246,7 @@ YAMLISH = st.recursive(
 @given(YAMLISH)
 def test_any_yaml_structure_is_a_spec_or_a_spec_error(data: object) -> None:
     with contextlib.suppress(SpecError):
-        parse_spec(json.dumps(data), Path("envbuild.yaml"), full=False)
+        parse_spec(json.dumps(data), Path("envbuild.yaml"))
 
 
 # --- hostile lock files -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from envbuild.errors import SpecError
 from envbuild.files.resources import SCHEMA_PATH, read_template
+from envbuild.lock.conda import match_spec_name
 from envbuild.lock.locking import plan_for
 from envbuild.lock.variants import derive_variants
 from envbuild.spec.file import load_spec, parse_spec
@@ -31,12 +32,12 @@ roles:
 
 
 def parse(text: str) -> object:
-    return parse_spec(text, Path("envbuild.yaml")).spec
+    return parse_spec(text, Path("envbuild.yaml"), match_specs=match_spec_name).spec
 
 
 def error_of(text: str) -> str:
     with pytest.raises(SpecError) as caught:
-        parse_spec(text, Path("envbuild.yaml"))
+        parse_spec(text, Path("envbuild.yaml"), match_specs=match_spec_name)
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -199,7 +200,7 @@ SHIPPED = {
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_every_shipped_spec_is_valid(name: str) -> None:
     folder = REPO / "examples" / name if name != "init-template" else REPO / "templates"
-    spec_file = parse_spec(SHIPPED[name], folder / "envbuild.yaml")
+    spec_file = parse_spec(SHIPPED[name], folder / "envbuild.yaml", match_specs=match_spec_name)
     variants = {v.name: v.roles for v in derive_variants(spec_file.spec)}
     assert variants == {"cpu": ("client",), "cuda-12.4": ("scheduler", "worker")}
     if name == "dask-gpu":
@@ -231,5 +232,5 @@ def test_the_readme_spec_example_is_valid(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text()
     block = re.search(r"### The spec\n\n```yaml\n(.*?)```", readme, re.S)
     assert block, "README.md lost its spec example"
-    spec = parse_spec(block.group(1), tmp_path / "envbuild.yaml").spec
+    spec = parse_spec(block.group(1), tmp_path / "envbuild.yaml", match_specs=match_spec_name).spec
     assert spec.roles.worker.gpu is not None and spec.roles.worker.gpu.cuda == "12.4"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from envbuild.files.atomic import write_atomic
+
 #: Where the package goes in an environment (relative to the prefix), and in an image.
 PREFIX_FOLDER = Path("etc") / "envbuild" / "python"
 IMAGE_FOLDER = "/opt/envbuild"
@@ -29,3 +31,16 @@ def files() -> dict[str, bytes]:
         "envbuild/gpucheck.py": (package / "gpucheck.py").read_bytes(),
         "envbuild/dask.py": (package / "dask.py").read_bytes(),
     }
+
+
+def write_runtime(prefix: Path) -> None:
+    """The GPU check and the Dask guard, for ``envbuild run`` ."""
+    for name, content in files().items():
+        path = prefix / PREFIX_FOLDER / name
+        try:
+            if path.read_bytes() == content:
+                continue
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, content)

@@ -3,8 +3,8 @@
 For each role: plan the image from the lock (``envbuild.image.plan``, pure); when the engine
 has its content-addressed tag already, there is nothing to build; otherwise stage the
 variant (once for the roles that share it) and write the build context
-(``envbuild.image.staging``), build it (``envbuild.image.engine``), and push it when asked. ``--context``
-stops after writing the context: no engine is needed, and any builder takes it.
+(``envbuild.image.staging``), build it (``envbuild.image.engine``), and push it when asked.
+``--context`` stops after writing the context: no engine is needed, and any builder takes it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def image_settings(spec_path: Path | None, lock: Lock) -> ImageSettings:
     from envbuild.spec.file import load_spec
     from envbuild.spec.model import ImageSettings as SpecImageSettings
 
-    section = load_spec(spec_path, full=False).spec.image if spec_path else SpecImageSettings()
+    section = load_spec(spec_path).spec.image if spec_path else SpecImageSettings()
     return ImageSettings(
         base=section.base,
         repository=section.repository or default_repository(lock),
@@ -98,58 +98,6 @@ def plan_matrix(lock: Lock, settings: ImageSettings, roles: Sequence[str]) -> li
     source = runtime.files()
     plans = [plan_image(lock, role, settings, source) for role in roles]
     return plan_builds(plans, None if settings.local else registry.has_tag)
-
-
-def cluster_images(
-    lock: Lock,
-    settings: ImageSettings,
-    roles: Sequence[str],
-    *,
-    check_registry: bool = True,
-    pin_digests: bool = False,
-) -> dict[str, str]:
-    """``envbuild deploy``: role -> the image reference a cluster pulls: the content-addressed
-    tag (with ``@sha256:...`` when ``pin_digests``), after the registry confirmed it has each
-    one. Refuses images that have no registry, or that it lacks, naming the command to run."""
-    from envbuild.errors import ImageMissingError, RegistryError, SelectionError
-    from envbuild.image import registry
-
-    _, skipped = buildable_roles(lock)
-    for role in roles:
-        if role in skipped:
-            raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
-    source = runtime.files()
-    plans = {role: plan_image(lock, role, settings, source) for role in roles}
-    references = {role: plan.reference for role, plan in plans.items()}
-    if not check_registry:
-        if pin_digests:
-            raise SelectionError(
-                "--pin-digests asks the registry for the digests: drop --no-registry-check"
-            )
-        return references
-    if settings.local:
-        raise ImageMissingError(
-            f"the images ({settings.repository}) have no registry a cluster can pull from: set "
-            "image.repository in envbuild.yaml, run `envbuild image --all --push`, then deploy "
-            "(or pass --no-registry-check for a cluster that has the images loaded already)"
-        )
-    digests = {role: registry.manifest_digest(reference) for role, reference in references.items()}
-    missing = [role for role, digest in digests.items() if digest is None]
-    if missing:
-        flags = " ".join(f"--role {role}" for role in missing)
-        raise ImageMissingError(
-            f"{references[missing[0]]} is not in the registry: build and push it first "
-            f"(`envbuild image {flags} --push`)"
-        )
-    if not pin_digests:
-        return references
-    for role, digest in digests.items():
-        if not digest:
-            raise RegistryError(
-                f"the registry has {references[role]} but did not say its digest "
-                "(no Docker-Content-Digest header): deploy without --pin-digests"
-            )
-    return {role: f"{references[role]}@{digests[role]}" for role in roles}
 
 
 def _size(size: int) -> str:

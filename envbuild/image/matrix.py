@@ -92,3 +92,21 @@ def render_table(builds: Sequence[Build], skipped: Mapping[str, str]) -> str:
         f"({', '.join(b.variant for b in builds)}); {todo} image{'s' if todo != 1 else ''} to build"
     )
     return "\n".join(lines)
+
+
+def write_github_output(builds: Sequence[Build]) -> None:
+    """Append ``matrix=...`` and ``missing=N`` to the file ``$GITHUB_OUTPUT`` names."""
+    import json
+    import os
+    from pathlib import Path
+
+    from envbuild.errors import OutputError
+
+    target = os.environ.get("GITHUB_OUTPUT")
+    if not target:
+        raise OutputError("--github-output: GITHUB_OUTPUT is not set (not in GitHub Actions?)")
+    document = github_matrix(builds)
+    missing = sum(len(b.missing) for b in builds)
+    with Path(target).open("a", encoding="utf-8") as handle:
+        handle.write(f"matrix={json.dumps(document, separators=(',', ':'))}\n")
+        handle.write(f"missing={missing}\n")

@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envbuild.env.environments import STAMP, check_local_archives, make_stamp
+from envbuild.env.archives import check_local_archives
+from envbuild.env.stamp import STAMP, make_stamp
 from envbuild.errors import ImageBuildError, OutputError
 from envbuild.files.atomic import write_atomic
 from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan

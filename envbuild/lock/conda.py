@@ -214,7 +214,7 @@ async def install(
     (rattler keeps a package whose record was edited as long as its sha256 still matches).
 
     rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
-    callers verify those first (envbuild.env.environments.check_local_archives).
+    callers verify those first (envbuild.env.archives.check_local_archives).
     """
     from rattler import Subdir
     from rattler import install as rattler_install

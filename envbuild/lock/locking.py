@@ -22,13 +22,12 @@ from envbuild.lock.lockfile import (
     write_lock,
 )
 from envbuild.lock.progress import SilentReporter
-from envbuild.spec.file import ROLES, SpecFile, digest, load_spec, read_spec_bytes
+from envbuild.spec import ROLES, SPEC_FILE_NAME
+from envbuild.spec.file import SpecFile, digest, load_spec, read_spec_bytes
 
 if TYPE_CHECKING:
     from envbuild.lock.resolve import Plan, Reporter
     from envbuild.lock.variants import Variant
-
-SPEC_FILE_NAME = "envbuild.yaml"
 
 
 @dataclass(frozen=True)
@@ -151,10 +150,10 @@ def lock(
         previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
         if previous is not None and not update and previous.spec_file_sha256 == digest(data):
             return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
-        spec_file = load_spec(spec_path, full=False, data=data)
+        spec_file = load_spec(spec_path, data=data)
         if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
             return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
-        spec_file.check_match_specs()
+        spec_file.check_match_specs(_match_spec_name)
         if update:
             _check_update_names(update, previous, spec_file)
         new_lock, solves = _resolve(spec_file, previous, update, reporter, digest(data))
@@ -214,7 +213,7 @@ def _resolve(
 def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleError | None:
     if current.spec_hash == spec_file.content_hash:
         return None
-    spec_file.check_match_specs()  # a broken spec is a spec error, not a stale lock
+    spec_file.check_match_specs(_match_spec_name)  # a broken spec is a spec error, not a stale lock
     return LockStaleError(
         f"{lock_path} is stale: {spec_file.path} changed since it was locked; run `envbuild lock`"
     )
@@ -223,7 +222,7 @@ def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleErro
 def _current(spec_path: Path, data: bytes, lock: Lock, lock_path: Path) -> Lock:
     """``lock`` when it matches the spec (by the file's bytes, else by its content)."""
     if lock.spec_file_sha256 != digest(data):
-        stale = _stale(load_spec(spec_path, full=False, data=data), lock, lock_path)
+        stale = _stale(load_spec(spec_path, data=data), lock, lock_path)
         if stale:
             raise stale
     return lock
@@ -234,7 +233,7 @@ def check(spec_path: Path, lock_path: Path | None = None) -> Lock:
     data = read_spec_bytes(spec_path)
     lock_path = lock_path or default_lock_path(spec_path)
     if not lock_path.exists():
-        load_spec(spec_path, data=data)  # a broken spec is reported as such
+        load_spec(spec_path, match_specs=_match_spec_name, data=data)  # reported as such
         raise LockStaleError(f"{lock_path}: no lock file yet; run `envbuild lock`")
     return _current(spec_path, data, read_lock(lock_path), lock_path)
 
@@ -275,3 +274,10 @@ def locate(spec_path: Path | None, lock_path: Path | None, *, stale_ok: bool = F
         if not stale_ok:
             raise
         return LockInUse(current, lock_path, False, spec_path)
+
+
+def _match_spec_name(text: str) -> str:
+    """The solver's full parse of a match spec (loads rattler)."""
+    from envbuild.lock.conda import match_spec_name
+
+    return match_spec_name(text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from envbuild.lock.lockfile import Target
-from envbuild.spec.file import ROLES
+from envbuild.spec import ROLES
 from envbuild.spec.model import Spec
 from envbuild.spec.platforms import VirtualPackage, virtual_packages
 

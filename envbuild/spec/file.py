@@ -9,12 +9,13 @@ file's bytes (``read_spec_bytes`` + ``digest``) never pays for them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from envbuild.errors import SpecError
-from envbuild.spec import yamldoc
+from envbuild.spec import ROLES, yamldoc
 from envbuild.spec.channels import resolve_channel
 from envbuild.spec.yamldoc import Loc, dotted, shown
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 #: A spec is a few kilobytes; anything near this is not one.
 MAX_SPEC_BYTES = 1 << 20
-ROLES = ("client", "scheduler", "worker")
 
 
 def digest(data: bytes) -> str:
@@ -52,20 +52,19 @@ class SpecFile:
 
         return spec_hash(self.spec)
 
-    def check_match_specs(self) -> None:
-        """Parse every match spec with the solver's parser; SpecError names the line.
+    def check_match_specs(self, parse: Callable[[str], object]) -> None:
+        """Parse every match spec with ``parse`` (the solver's parser, which raises
+        ValueError); SpecError names the line.
 
         Kept out of parsing so that an up-to-date lock is confirmed without loading the
         solver: a spec whose hash matches its lock was fully checked when it was locked.
         """
-        from envbuild.lock.conda import match_spec_name
-
         problems = []
         fields = (("dependencies", "dependencies"), ("gpu-dependencies", "gpu_dependencies"))
         for field, attribute in fields:
             for index, text in enumerate(getattr(self.spec, attribute)):
                 try:
-                    match_spec_name(text)
+                    parse(text)
                 except ValueError as exc:
                     loc: Loc = (field, index)
                     problems.append(f"{self.where(loc)}: {dotted(loc)}: {exc}")
@@ -131,11 +130,14 @@ def _describe_error(error: Any) -> str:
     return message
 
 
-def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
+def parse_spec(
+    text: str, path: Path, *, match_specs: Callable[[str], object] | None = None
+) -> SpecFile:
     """Parse and validate spec ``text`` read from ``path``; raise SpecError naming the line.
 
     Every problem is reported: the first on the error's line, the others below it.
-    ``full=False`` leaves the solver-backed match-spec check to ``check_match_specs()``.
+    ``match_specs``, the solver's parser, also checks every match spec fully
+    (``check_match_specs()``); without it only their package names are checked.
     """
     try:
         document = yamldoc.parse(text)
@@ -165,8 +167,8 @@ def parse_spec(text: str, path: Path, *, full: bool = True) -> SpecFile:
     problems = [f"{spec_file.where(loc)}: {dotted(loc)}: {m}" for loc, m in semantic_problems(spec)]
     if problems:
         raise _spec_error(problems)
-    if full:
-        spec_file.check_match_specs()
+    if match_specs is not None:
+        spec_file.check_match_specs(match_specs)
     return spec_file
 
 
@@ -188,12 +190,14 @@ def read_spec_bytes(path: Path) -> bytes:
     return data
 
 
-def load_spec(path: Path, *, full: bool = True, data: bytes | None = None) -> SpecFile:
-    """Read and validate the spec at ``path`` (``full``: see ``parse_spec``; ``data``: its
-    bytes, when the caller read them already)."""
+def load_spec(
+    path: Path, *, match_specs: Callable[[str], object] | None = None, data: bytes | None = None
+) -> SpecFile:
+    """Read and validate the spec at ``path`` (``match_specs``: see ``parse_spec``; ``data``:
+    its bytes, when the caller read them already)."""
     raw = read_spec_bytes(path) if data is None else data
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    return parse_spec(text, path, full=full)
+    return parse_spec(text, path, match_specs=match_specs)

@@ -24,13 +24,12 @@ from pydantic import (
 )
 
 from envbuild import gpucheck
+from envbuild.spec import ROLES
 from envbuild.spec.channels import CREDENTIALS_MESSAGE, carries_credentials
-from envbuild.spec.file import ROLES
 from envbuild.spec.matchspec import package_name
 from envbuild.spec.platforms import GPU_PLATFORMS, PLATFORMS
 from envbuild.spec.yamldoc import Loc, dotted, shown
 
-SPEC_FILE_NAME = "envbuild.yaml"
 #: Packages envbuild chooses per variant; a spec must not pin them itself.
 RESERVED_PACKAGES = frozenset({"cuda-version", "__cuda"})
 #: Entries of dependencies and gpu-dependencies.
