@@ -26,16 +26,25 @@ tool itself."""
 def files() -> dict[str, bytes]:
     """Path inside the folder -> content."""
     package = Path(__file__).parent.parent
-    return {
+    found = {
         "envbuild/__init__.py": _STUB.encode(),
-        "envbuild/gpucheck.py": (package / "gpucheck.py").read_bytes(),
         "envbuild/dask.py": (package / "dask.py").read_bytes(),
     }
+    for module in sorted((package / "gpucheck").glob("*.py")):
+        found[f"envbuild/gpucheck/{module.name}"] = module.read_bytes()
+    return found
 
 
 def write_runtime(prefix: Path) -> None:
-    """The GPU check and the Dask guard, for ``envbuild run`` ."""
-    for name, content in files().items():
+    """The GPU check and the Dask guard, for ``envbuild run``; what an older envbuild put
+    there and this one does not is removed."""
+    wanted = files()
+    folder = prefix / PREFIX_FOLDER
+    if folder.is_dir():
+        for stale in sorted(folder.rglob("*.py")):  # compiled caches stay
+            if stale.relative_to(folder).as_posix() not in wanted:
+                stale.unlink()
+    for name, content in wanted.items():
         path = prefix / PREFIX_FOLDER / name
         try:
             if path.read_bytes() == content:

@@ -1,0 +1,7 @@
+"""``python -m envbuild.gpucheck``."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())
