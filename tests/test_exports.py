@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.lock.exports import install_order
+from envbuild.lock.conda import install_order
 from envbuild.lock.lockfile import Target, read_lock
 
 from .conftest import TESTS

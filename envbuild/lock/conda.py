@@ -57,6 +57,16 @@ def from_rattler(record: RepoDataRecord) -> LockedPackage:
     return LockedPackage.from_dict(json.loads(record.to_json()))
 
 
+def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
+    """Dependencies before the packages that need them, as rattler (and conda) install them:
+    ``PackageRecord.sort_topologically``, which also breaks cycles the way they do."""
+    from rattler import PackageRecord
+
+    by_key = {(p.name, p.version, p.build): p for p in packages}
+    ordered = PackageRecord.sort_topologically([to_rattler(p) for p in packages])
+    return [by_key[(r.name.normalized, str(r.version), str(r.build))] for r in ordered]
+
+
 def to_rattler(package: LockedPackage) -> RepoDataRecord:
     """A locked package as a rattler record (to install, or to prefer in a solve)."""
     from rattler import BuildString, NoArchType, PackageRecord, RepoDataRecord

@@ -21,31 +21,11 @@ from typing import Literal
 
 from envbuild.errors import SelectionError
 from envbuild.files.atomic import write_atomic
-from envbuild.lock.consistency import dependency_name
 from envbuild.lock.lockfile import Lock, LockedPackage, LockedTarget, content_digest
 from envbuild.spec import yamldoc
 
 Format = Literal["conda-lock", "explicit", "environment", "pixi", "role-file"]
 FORMATS: tuple[Format, ...] = ("conda-lock", "explicit", "environment", "pixi", "role-file")
-
-
-def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
-    """Dependencies before the packages that need them; ties (and cycles) by name."""
-    by_name = {p.name: p for p in packages}
-    needs = {
-        p.name: {d for d in map(dependency_name, p.depends) if d in by_name and d != p.name}
-        for p in packages
-    }
-    ordered: list[LockedPackage] = []
-    done: set[str] = set()
-    while len(done) < len(by_name):
-        ready = sorted(n for n in by_name if n not in done and needs[n] <= done)
-        if not ready:  # a dependency cycle: take the first remaining name
-            ready = [min(n for n in by_name if n not in done)]
-        for name in ready:
-            ordered.append(by_name[name])
-            done.add(name)
-    return ordered
 
 
 def render_role_file(lock: Lock, role: str) -> str:
@@ -75,6 +55,8 @@ def render_explicit(target: LockedTarget, *, source: str, what: str) -> str:
         f"# platform: {target.platform}",
         "@EXPLICIT",
     ]
+    from envbuild.lock.conda import install_order
+
     lines += [f"{p.url}#{p.md5}" for p in install_order(target.packages)]
     return "\n".join(lines) + "\n"
 
