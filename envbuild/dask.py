@@ -24,6 +24,8 @@ Standalone by design: the standard library plus distributed, so that it can be c
 environment or image (``envbuild env`` and ``envbuild image`` do) and loaded by name.
 A closed worker may have received a task in the short gap before it was closed; the GPU
 check at container start stays the first line of defence.
+
+May import: (nothing of envbuild)
 """
 
 from __future__ import annotations

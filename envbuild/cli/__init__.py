@@ -1,9 +1,10 @@
 """The ``envbuild`` command: one small module per command, each a shell that parses its
 arguments, calls one library function and prints (``app.py`` holds what they share).
 
-May import anything of envbuild, but only inside the commands beyond ``envbuild.cli.app`` and
-``envbuild.errors``: ``envbuild --help`` loads typer and these modules, nothing heavy.
-Nothing outside this package imports typer.
+Only inside the commands does a command import the rest of envbuild: ``envbuild --help``
+loads typer and these modules, nothing heavy. Nothing outside this package imports typer.
+
+May import: errors, files, gpucheck, spec, lock, env, image, cluster
 """
 
 from __future__ import annotations

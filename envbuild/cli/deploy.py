@@ -30,60 +30,66 @@ def _kubernetes_label(kind: str) -> Callable[[str | None], str | None]:
     return check
 
 
+Kind = Annotated[
+    DeployTarget,
+    typer.Argument(
+        metavar="kubernetes|helm",
+        help="kubernetes: a DaskCluster for the dask-kubernetes operator; helm: values for "
+        "the dask Helm chart (helm install NAME dask/dask -f values.yaml).",
+        show_default=False,
+    ),
+]
+Name = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        callback=_kubernetes_label("cluster name"),
+        help="The DaskCluster's name (default: the spec's name); its scheduler's Service is "
+        "NAME-scheduler.",
+        show_default=False,
+    ),
+]
+Namespace = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        "-n",
+        callback=_kubernetes_label("namespace"),
+        help="The DaskCluster's namespace (default: kubectl's).",
+        show_default=False,
+    ),
+]
+# replicas is an int32 in Kubernetes
+Workers = Annotated[int, typer.Option("--workers", min=0, max=2**31 - 1, help="Worker replicas.")]
+PinDigests = Annotated[
+    bool,
+    typer.Option(
+        "--pin-digests",
+        help="Name the images by tag and registry digest (repo:tag@sha256:...), so that a "
+        "tag moved in the registry cannot change what runs.",
+    ),
+]
+NoRegistryCheck = Annotated[
+    bool,
+    typer.Option(
+        "--no-registry-check",
+        help="Do not ask the registry whether it has the images (for a cluster that has them "
+        "loaded already, e.g. kind load docker-image).",
+    ),
+]
+
+
 @app.command(
     short_help="Write the Kubernetes cluster (DaskCluster, or Helm values) for the images."
 )
 @handles_errors
 def deploy(
-    target: Annotated[
-        DeployTarget,
-        typer.Argument(
-            metavar="kubernetes|helm",
-            help="kubernetes: a DaskCluster for the dask-kubernetes operator; helm: values for "
-            "the dask Helm chart (helm install NAME dask/dask -f values.yaml).",
-            show_default=False,
-        ),
-    ],
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            callback=_kubernetes_label("cluster name"),
-            help="The DaskCluster's name (default: the spec's name); its scheduler's Service is "
-            "NAME-scheduler.",
-            show_default=False,
-        ),
-    ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            "--namespace",
-            "-n",
-            callback=_kubernetes_label("namespace"),
-            help="The DaskCluster's namespace (default: kubectl's).",
-            show_default=False,
-        ),
-    ] = None,
-    workers: Annotated[
-        # replicas is an int32 in Kubernetes
-        int, typer.Option("--workers", min=0, max=2**31 - 1, help="Worker replicas.")
-    ] = 4,
-    pin_digests: Annotated[
-        bool,
-        typer.Option(
-            "--pin-digests",
-            help="Name the images by tag and registry digest (repo:tag@sha256:...), so that a "
-            "tag moved in the registry cannot change what runs.",
-        ),
-    ] = False,
-    no_registry_check: Annotated[
-        bool,
-        typer.Option(
-            "--no-registry-check",
-            help="Do not ask the registry whether it has the images (for a cluster that has them "
-            "loaded already, e.g. kind load docker-image).",
-        ),
-    ] = False,
+    target: Kind,
+    name: Name = None,
+    namespace: Namespace = None,
+    workers: Workers = 4,
+    pin_digests: PinDigests = False,
+    no_registry_check: NoRegistryCheck = False,
     output: OutputOption = None,
     spec_path: SpecOption = None,
     lock_path: LockOption = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -12,13 +11,8 @@ from typing import Any
 
 from envbuild.errors import InstallError, OutputError
 from envbuild.files.atomic import write_atomic
+from envbuild.files.digest import sha256_hex
 from envbuild.lock.lockfile import LockedPackage
-
-
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
 
 _INDEX_NAME = ".envbuild-verified-archives.json"
 
@@ -63,7 +57,7 @@ def check_local_archives(packages: Sequence[LockedPackage], cache_dir: Path) -> 
     def check(item: tuple[LockedPackage, Path, list[int]]) -> tuple[str, list[Any]]:
         package, path, key = item
         try:
-            actual = _sha256_of(path)
+            actual = sha256_hex(path)
         except OSError as exc:
             raise InstallError(f"{package}: cannot read {path}: {exc.strerror}") from None
         if actual != package.sha256:

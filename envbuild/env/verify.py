@@ -3,7 +3,6 @@ its stamp and, with ``files``, every installed file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -14,6 +13,7 @@ from typing import Any, Literal
 
 from envbuild.env.stamp import OLD_MARKER, STAMP, fingerprint, read_stamp
 from envbuild.errors import PrefixMismatchError
+from envbuild.files.digest import sha256_hex
 from envbuild.lock.lockfile import LockedPackage, LockedTarget
 
 
@@ -155,12 +155,12 @@ def _hash_regular_file(path: Path) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since lstat
             raise OSError("not a regular file")
-        digest = hashlib.sha256()
-        while block := os.read(fd, 1 << 20):
-            digest.update(block)
-        return digest.hexdigest()
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # the handle closes it
+            return sha256_hex(handle)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _file_problem(prefix: Path, entry: Mapping[str, Any]) -> str | None:

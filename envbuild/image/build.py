@@ -22,11 +22,12 @@ from envbuild.env import runtime
 from envbuild.errors import ImageBuildError, ImagePushError
 from envbuild.image.matrix import Build, plan_builds
 from envbuild.image.plan import (
-    ENV_DOCKERFILE,
     ImagePlan,
     ImageSettings,
     buildable_roles,
+    env_dockerfile,
     plan_image,
+    role_dockerfile,
 )
 from envbuild.lock.lockfile import Lock
 
@@ -265,11 +266,11 @@ def _build_one(
         environments[plan.variant] = build(
             f"env-{plan.variant}",
             ("shared", "variant"),
-            ENV_DOCKERFILE.format(base=plan.settings.base),
+            env_dockerfile(plan.settings.base),
             None,
         )
     base = environments[plan.variant]
-    build(plan.role, ("role",), plan.role_dockerfile.replace("{base}", base), plan.reference)
+    build(plan.role, ("role",), role_dockerfile(lock, plan, base), plan.reference)
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{n} {_size(layer.size)}" for n, layer in layers.items())
     log(f"{plan.role:<10} {plan.variant:<10} built {plan.reference} ({sizes}) in {seconds:.1f} s")

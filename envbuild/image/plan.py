@@ -95,8 +95,9 @@ class ImagePlan:
     entrypoint: str
     role_file: str
     digest: str
-    #: the role's Dockerfile on top of an image that holds the environment ({base})
-    role_dockerfile: str = ""
+    #: what the Dockerfile sets (ENV) and runs by default (CMD)
+    environment: Mapping[str, str]
+    command: tuple[str, ...]
 
     @property
     def tag(self) -> str:
@@ -172,8 +173,11 @@ def _quoted(value: str) -> str:
 
 
 LAYER_FILES = ("shared.tar", "variant.tar", "role.tar")
-#: The environment part of a role image, built once per variant by the engine path.
-ENV_DOCKERFILE = "FROM {base}\nADD shared.tar /\nADD variant.tar /\n"
+
+
+def env_dockerfile(base: str) -> str:
+    """The environment part of a role image, built once per variant by the engine path."""
+    return f"FROM {base}\nADD shared.tar /\nADD variant.tar /\n"
 
 
 def render_dockerfile(
@@ -229,17 +233,6 @@ def plan_image(
     environment = _environment(lock, role, settings, lock_digest)
     command = DEFAULT_COMMANDS[role]
     dockerfile = render_dockerfile(lock, role, settings, labels, environment, command, lock_digest)
-    role_dockerfile = render_dockerfile(
-        lock,
-        role,
-        settings,
-        labels,
-        environment,
-        command,
-        lock_digest,
-        base="{base}",
-        layers=("role.tar",),
-    )
     entrypoint = render_entrypoint(role, locked.variant, settings)
     role_file = render_role_file(lock, role)
     split = split_layers(lock, locked.variant)
@@ -264,5 +257,22 @@ def plan_image(
         entrypoint=entrypoint,
         role_file=role_file,
         digest="sha256:" + digest.hexdigest(),
-        role_dockerfile=role_dockerfile,
+        environment=environment,
+        command=tuple(command),
+    )
+
+
+def role_dockerfile(lock: Lock, plan: ImagePlan, base: str) -> str:
+    """The role's Dockerfile on top of ``base``, an image that holds the variant's environment
+    already (the engine path builds that once per variant)."""
+    return render_dockerfile(
+        lock,
+        plan.role,
+        plan.settings,
+        plan.labels,
+        plan.environment,
+        plan.command,
+        content_digest(lock),
+        base=base,
+        layers=("role.tar",),
     )

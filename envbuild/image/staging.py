@@ -35,6 +35,7 @@ from envbuild.env.archives import check_local_archives
 from envbuild.env.stamp import STAMP, make_stamp
 from envbuild.errors import ImageBuildError, OutputError
 from envbuild.files.atomic import write_atomic
+from envbuild.files.digest import sha256_hex
 from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
 from envbuild.lock.lockfile import Lock, LockedPackage
 
@@ -143,8 +144,7 @@ def write_layer(
         return Layer(name, path, path.stat().st_size, sidecar.read_text().strip(), len(files))
     tmp = path.with_name(f".{path.name}.tmp")
     _write_tar(tmp, files, owned_folders or {})
-    with tmp.open("rb") as handle:
-        digest = "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = "sha256:" + sha256_hex(tmp)
     tmp.replace(path)
     sidecar.write_text(digest + "\n")
     return Layer(name, path, path.stat().st_size, digest, len(files))

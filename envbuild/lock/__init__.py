@@ -1,0 +1,10 @@
+"""The lock: a spec resolved into ONE environment for every role, variant and platform.
+
+``locking`` (the verb: lock, check, locate the lock in use) plans targets from the spec
+(``variants``), solves and aligns them (``resolve``) under the invariant (``consistency``),
+writes the lock file (``lockfile``), shows it (``report``) and exports it (``exports``,
+``condalock``). ``conda`` is the only door to rattler, ``condalock`` the only one to
+conda_lock.
+
+May import: errors, files, gpucheck, spec
+"""

@@ -7,17 +7,16 @@ from collections.abc import Sequence
 
 import yaml
 
-from envbuild.lock.consistency import dependency_name
 from envbuild.lock.lockfile import Lock, LockedTarget
+from envbuild.spec.matchspec import split_spec
 
 
 def _dependencies(depends: Sequence[str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for spec in depends:
-        name = dependency_name(spec)
+        name, constraint = split_spec(spec)
         if name.startswith("__"):
             continue  # virtual packages: conda-lock drops them too
-        constraint = spec.strip()[len(name) :].strip() or "*"
         result[name] = f"{result[name]},{constraint}" if name in result else constraint
     return result
 

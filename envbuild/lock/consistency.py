@@ -28,17 +28,12 @@ from typing import Literal
 
 from envbuild.lock.conda import version_key
 from envbuild.lock.lockfile import LockedPackage, Target
-from envbuild.spec.matchspec import package_name
+from envbuild.spec.matchspec import dependency_name
 
 #: Names that make a package CUDA-dependent when it is one of them or depends on one.
 CUDA_MARKERS = frozenset({"cuda-version", "cudatoolkit", "__cuda"})
 
 Solution = Mapping[Target, Sequence[LockedPackage]]
-
-
-def dependency_name(spec: str) -> str:
-    """``"python >=3.9"`` -> ``"python"``."""
-    return package_name(spec) or spec.strip().lower()
 
 
 def distinct_versions(versions: Iterable[str]) -> int:

@@ -24,6 +24,7 @@ from envbuild.lock.lockfile import (
 from envbuild.lock.progress import SilentReporter
 from envbuild.spec import ROLES, SPEC_FILE_NAME
 from envbuild.spec.file import SpecFile, digest, load_spec, read_spec_bytes
+from envbuild.spec.matchspec import dependency_name
 
 if TYPE_CHECKING:
     from envbuild.lock.resolve import Plan, Reporter
@@ -49,7 +50,6 @@ def default_lock_path(spec_path: Path) -> Path:
 
 def plan_for(spec_file: SpecFile) -> Plan:
     """The resolver's plan for a spec: every target with its specs and virtual packages."""
-    from envbuild.lock.conda import match_spec_name
     from envbuild.lock.resolve import Plan, TargetRequest
     from envbuild.lock.variants import derive_variants, target_virtual_packages
 
@@ -77,7 +77,7 @@ def plan_for(spec_file: SpecFile) -> Plan:
     return Plan(
         channels=tuple(channels),
         requests=requests,
-        gpu_dependencies=frozenset(match_spec_name(s) for s in spec.gpu_dependencies),
+        gpu_dependencies=frozenset(dependency_name(s) for s in spec.gpu_dependencies),
         allow_platform_divergence=frozenset(spec.allow_platform_divergence),
     )
 
@@ -117,10 +117,8 @@ def _roles(spec_file: SpecFile, variants: Sequence[Variant]) -> tuple[LockedRole
 
 
 def _check_update_names(names: Sequence[str], previous: Lock | None, spec_file: SpecFile) -> None:
-    from envbuild.lock.conda import match_spec_name
-
     known = {p.name for t in previous.targets for p in t.packages} if previous else set()
-    known |= {match_spec_name(s) for s in spec_file.spec.dependencies}
+    known |= {dependency_name(s) for s in spec_file.spec.dependencies}
     for name in names:
         if name not in known:
             raise SelectionError(f"--update {name}: no package '{name}' in the lock or the spec")

@@ -39,6 +39,7 @@ from envbuild.errors import ConsistencyError, SolveError
 from envbuild.lock import consistency
 from envbuild.lock.conda import Solver, sort_versions, version_key
 from envbuild.lock.lockfile import LockedPackage, Target
+from envbuild.spec.matchspec import dependency_name
 
 #: Rounds of new pins before giving up (each round pins at least one more package).
 MAX_ROUNDS = 40
@@ -199,7 +200,7 @@ class _Resolver:
         why = culprit(error.details)
         missing = _missing_spec(error.details)
         if missing:
-            name = consistency.dependency_name(missing)
+            name = dependency_name(missing)
             offered = await self.solver.versions_available(
                 self.plan.channels, request.target.platform, name
             )

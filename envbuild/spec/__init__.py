@@ -1,11 +1,9 @@
 """The spec: ``envbuild.yaml`` read defensively (``file``, ``yamldoc``) into a strict model
 (``model``), with the vocabulary it is written in (``channels``, ``platforms``,
-``matchspec``).
+``matchspec``). A spec is read and checked without a solver: ``lock`` hands its match-spec
+parser in when it locks.
 
-Imports: the standard library, PyYAML, pydantic (only ``model``, loaded lazily), and from
-envbuild only ``errors``, ``files`` and the standalone ``gpucheck`` (its requirement grammar).
-Never rattler: a spec is read and checked without a solver (``lock`` parses match specs with
-rattler when it locks).
+May import: errors, files, gpucheck
 """
 
 #: The file a spec lives in unless told otherwise.

@@ -10,7 +10,6 @@ failed download never leaves a half-written file behind.
 from __future__ import annotations
 
 import email.parser
-import hashlib
 import os
 import re
 import subprocess
@@ -21,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envbuild.files.digest import sha256_hex
 from envbuild.testing.channel import File
 
 WHEEL_LIST = Path(__file__).with_name("wheels.tsv")
@@ -76,14 +76,9 @@ def pinned_wheels(path: Path = WHEEL_LIST) -> list[PinnedWheel]:
     return wheels
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _intact(path: Path, sha256: str) -> bool:
     try:
-        return path.is_file() and _sha256(path) == sha256
+        return path.is_file() and sha256_hex(path) == sha256
     except OSError:
         return False
 
