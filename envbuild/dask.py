@@ -19,11 +19,17 @@ task graph``. This module stops that at connect time:
 - ``check(client)`` asks the scheduler (one RPC, no code shipped) for the identities of the
   scheduler and every worker and raises ``EnvironmentMismatch`` naming who differs and how.
   Workers that join later are checked by the scheduler as they join.
+- Fails closed: an identity is read strictly (``read_identity``: plain mappings and short
+  one-line strings, bounded in size) before anything looks at it. A worker whose identity
+  cannot be read is refused like any other, the reason starting ``unreadable identity:``;
+  the scheduler hands clients only what it read, and ``check`` reads that again.
 
 Standalone by design: the standard library plus distributed, so that it can be copied into an
 environment or image (``envbuild env`` and ``envbuild image`` do) and loaded by name.
-A closed worker may have received a task in the short gap before it was closed; the GPU
-check at container start stays the first line of defence.
+A refused worker gets no task: the scheduler takes it out of scheduling before it yields to
+anything else, and ignores the worker's own status reports (``running``) until it has left.
+The guard is a consistency check, not authentication: a worker that copies a valid identity
+gets in.
 
 May import: (nothing of envbuild)
 """
@@ -31,6 +37,7 @@ May import: (nothing of envbuild)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -52,10 +59,24 @@ HANDLER = "envbuild_identities"
 CUDA_RUNTIME = frozenset({"cuda-version", "cudatoolkit", "cuda-cudart", "cuda-cudart_linux-64"})
 #: Seconds a refused worker has to leave before the scheduler removes it.
 LEAVE_SECONDS = 5.0
+#: Bounds on an identity: far above any real environment, low enough that reading one stays
+#: cheap and a message naming its parts stays short.
+MAX_FIELDS = 32
+MAX_PACKAGES = 10_000
+MAX_TEXT = 256  # a lock digest, a target, a package name or version
+MAX_PATH = 4096  # the prefix
+MAX_ROLES = 8
+#: Refusals the scheduler remembers (reported by ``check``), newest last.
+MAX_REFUSED = 100
 
 
 class EnvironmentMismatch(RuntimeError):
     """Processes of one cluster run different environments."""
+
+
+class UnreadableIdentity(ValueError):
+    """What a process sent as its identity cannot be read; the message says why (never
+    quoting the value)."""
 
 
 @functools.cache
@@ -95,6 +116,92 @@ def _packages() -> dict[str, str]:
         if name:
             packages[name.lower()] = distribution.version
     return packages
+
+
+# --- reading what another process sent ----------------------------------------------------------
+
+_KINDS = {str: "a string", bytes: "bytes", bool: "a boolean", int: "a number", float: "a number"}
+_KINDS |= {list: "a list", tuple: "a list", dict: "a mapping", set: "a set", type(None): "nothing"}
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), "an object")
+
+
+def _is_text(value: object, limit: int = MAX_TEXT) -> bool:
+    return type(value) is str and len(value) <= limit and value.isprintable()
+
+
+def _text(value: object, what: str, limit: int = MAX_TEXT) -> str:
+    """``value`` if it is a one-line string of at most ``limit`` characters."""
+    if type(value) is not str:
+        raise UnreadableIdentity(f"{what} is {_kind(value)}, not a string")
+    if len(value) > limit:
+        raise UnreadableIdentity(f"{what} has {len(value)} characters (at most {limit})")
+    if not value.isprintable():
+        raise UnreadableIdentity(f"{what} holds control characters")
+    return value
+
+
+def _read(found: object) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    if type(found) is not dict:
+        raise UnreadableIdentity(f"{_kind(found)}, not a mapping")
+    if len(found) > MAX_FIELDS:
+        raise UnreadableIdentity(f"{len(found)} fields (at most {MAX_FIELDS})")
+    read: dict[str, Any] = {}
+    for field in ("lock", "variant", "target", "prefix", "python"):
+        value = found.get(field)
+        limit = MAX_PATH if field == "prefix" else MAX_TEXT
+        read[field] = None if value is None else _text(value, f"'{field}'", limit)
+    roles = found.get("roles")
+    if roles is not None:
+        if type(roles) not in (list, tuple) or len(roles) > MAX_ROLES:
+            raise UnreadableIdentity(f"'roles' is {_kind(roles)}, not a list of a few names")
+        roles = [_text(role, "a role") for role in roles]
+    read["roles"] = roles
+    packages = found.get("packages")
+    if type(packages) is not dict:
+        raise UnreadableIdentity(f"'packages' is {_kind(packages)}, not a mapping")
+    if len(packages) > MAX_PACKAGES:
+        raise UnreadableIdentity(f"{len(packages)} packages (at most {MAX_PACKAGES})")
+    for name, version in packages.items():
+        if not (
+            type(name) is str  # the common case first, in one test: this runs for every package
+            and type(version) is str
+            and len(name) <= MAX_TEXT
+            and len(version) <= MAX_TEXT
+            and name.isprintable()
+            and version.isprintable()
+        ):
+            _text(version, f"the version of package {_text(name, 'a package name')!r}")
+    read["packages"] = packages
+    return read
+
+
+def read_identity(found: object) -> dict[str, Any] | None:
+    """What a process sent as its identity, read strictly; None when it sent none.
+
+    A mapping of the fields ``identity()`` writes (others are ignored): ``packages`` a mapping of
+    package name to version, the rest strings or nothing (``roles`` a list of them); every
+    string one line, and everything bounded (``MAX_*``). Anything else raises
+    UnreadableIdentity, and only that.
+    """
+    try:
+        return _read(found)
+    except UnreadableIdentity:
+        raise
+    except Exception:  # objects a comm unpickled, with methods of their own that raise
+        raise UnreadableIdentity("it holds objects that cannot be compared") from None
+
+
+def _sent_by(state: Any) -> dict[str, Any] | None:
+    """The identity a worker sent with its registration (``WorkerState.extra``), read."""
+    extra = getattr(state, "extra", None)
+    if type(extra) is not dict:
+        raise UnreadableIdentity(f"its startup information is {_kind(extra)}, not a mapping")
+    return read_identity(extra.get(IDENTITY_KEY))
 
 
 def describe(who: str, found: Mapping[str, Any] | None) -> str:
@@ -141,28 +248,46 @@ def _plugin_class() -> type:
         def __init__(self) -> None:
             self.mine = identity()
             self.refused: dict[str, list[str]] = {}
-            self.join_seconds: list[float] = []
+            self.join_seconds: collections.deque[float] = collections.deque(maxlen=50)
             self.pending: set[asyncio.Future[None]] = set()
+            #: Refused workers still connected: kept out of scheduling (see ``dask_setup``).
+            self.held: set[str] = set()
 
-        async def add_worker(self, scheduler: Any, worker: str) -> None:
+        def add_worker(self, scheduler: Any, worker: str) -> None:
+            # Synchronous, so that the scheduler runs it before it yields to anything that
+            # could give the worker a task; and it never raises: distributed would log the
+            # error and keep the worker.
             started = time.perf_counter()
-            state = scheduler.workers.get(worker)
-            theirs = (getattr(state, "extra", None) or {}).get(IDENTITY_KEY)
-            problems = differences(self.mine, theirs) if theirs else ["it loads no envbuild guard"]
+            who = f"worker {worker}"
+            try:
+                theirs = _sent_by(scheduler.workers.get(worker))
+            except UnreadableIdentity as exc:
+                problems = [f"unreadable identity: {exc}"]
+            else:
+                problems = (
+                    differences(self.mine, theirs) if theirs else ["it loads no envbuild guard"]
+                )
+                who = describe(who, theirs) if problems else who
             self.join_seconds.append(time.perf_counter() - started)
-            if not problems:
-                return
-            reason = (
-                f"envbuild: {describe(f'worker {worker}', theirs)}; the scheduler "
-                f"{describe('', self.mine).strip()}: {'; '.join(problems)}"
-            )
+            if problems:
+                self.refuse(scheduler, worker, who, problems)
+
+        def refuse(self, scheduler: Any, worker: str, who: str, problems: list[str]) -> None:
+            reason = f"envbuild: {who}; the scheduler {describe('', self.mine).strip()}: "
+            reason += "; ".join(problems)
             self.refused[worker] = problems
+            while len(self.refused) > MAX_REFUSED:
+                del self.refused[next(iter(self.refused))]
+            self.held.add(worker)
             logger.warning("refused %s", reason.removeprefix("envbuild: "))
             stimulus = f"envbuild-refused-{time.time()}"
             # No more tasks for it from now on, then ask it to leave, saying why (it logs the
             # reason and its nanny goes with it); remove it anyway if it has not left soon.
-            scheduler.handle_worker_status_change("closing_gracefully", worker, stimulus)
-            scheduler.worker_send(worker, {"op": "close", "reason": reason[:2000]})
+            try:
+                scheduler.handle_worker_status_change("closing_gracefully", worker, stimulus)
+                scheduler.worker_send(worker, {"op": "close", "reason": reason[:2000]})
+            except Exception:  # gone already, or its comm broke: removed below all the same
+                logger.exception("envbuild guard: could not ask %s to leave", worker)
 
             async def remove_if_still_there() -> None:
                 await asyncio.sleep(LEAVE_SECONDS)
@@ -173,19 +298,40 @@ def _plugin_class() -> type:
             self.pending.add(task)  # keep it alive until it is done
             task.add_done_callback(self.pending.discard)
 
+        def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+            self.held.discard(worker)
+
+        def status_change(self, handler: Any) -> Any:
+            """The scheduler's ``worker-status-change`` handler, deaf to held workers: a
+            worker announces itself ``running`` right after it registers, which would undo
+            its refusal until it has left."""
+
+            def worker_status_change(worker: str, **kwargs: Any) -> Any:
+                if worker not in self.held:
+                    return handler(worker=worker, **kwargs)
+                return None
+
+            return worker_status_change
+
     return EnvbuildGuard
 
 
 def _identities_handler(scheduler: Any, guard: Any) -> Any:
     def identities(comm: Any = None) -> dict[str, Any]:
+        # What the guard read, never what the workers sent: plain data, whatever they sent.
+        workers: dict[str, Any] = {}
+        unreadable: dict[str, str] = {}
+        for address, state in scheduler.workers.items():
+            try:
+                workers[address] = _sent_by(state)
+            except UnreadableIdentity as exc:
+                unreadable[address] = str(exc)
         return {
             "scheduler": guard.mine,
-            "workers": {
-                address: (getattr(state, "extra", None) or {}).get(IDENTITY_KEY)
-                for address, state in scheduler.workers.items()
-            },
-            "refused": guard.refused,
-            "join_seconds": guard.join_seconds[-50:],
+            "workers": workers,
+            "unreadable": unreadable,
+            "refused": dict(guard.refused),
+            "join_seconds": list(guard.join_seconds),
         }
 
     return identities
@@ -199,28 +345,55 @@ def check(client: Any, *, timeout: float = 30) -> dict[str, Any]:
     differs and how. Returns the identities it compared."""
     # A scheduler without the guard has no such handler: it answers nothing (None).
     found = client.sync(client.scheduler.envbuild_identities, callback_timeout=timeout)
-    if not isinstance(found, dict) or "scheduler" not in found:
+    return compare(identity(), found)
+
+
+def compare(mine: Mapping[str, Any], found: object) -> dict[str, Any]:
+    """``check`` without the call: ``found`` is the scheduler's answer, read as strictly as
+    the scheduler reads a worker. Raises EnvironmentMismatch, and nothing else."""
+    if type(found) is not dict or "scheduler" not in found:
         raise EnvironmentMismatch(
             "the scheduler does not load the envbuild guard: start it with "
             "`dask scheduler --preload envbuild.dask`"
         )
-    mine = identity()
-    others = {"scheduler": found["scheduler"]}
-    others.update({f"worker {a}": w for a, w in sorted(found["workers"].items())})
-    problems = []
-    for who, theirs in others.items():
-        if theirs is None:
-            problems.append(describe(who, None))
-        else:
-            found_here = differences(mine, theirs)
-            if found_here:
-                problems.append(f"{describe(who, theirs)}: {', '.join(found_here)}")
+    try:
+        problems = _problems(mine, found)
+    except Exception:  # objects a comm unpickled, with methods of their own that raise
+        problems = ["the scheduler's answer holds objects that cannot be compared"]
     if problems:
+        others = "processes do" if len(problems) != 1 else "process does"
         raise EnvironmentMismatch(
-            f"{describe('this client', mine)}, but {len(problems)} other process"
-            f"{'es' if len(problems) != 1 else ''} do not: " + "; ".join(problems)
+            f"{describe('this client', mine)}, but {len(problems)} other {others} not: "
+            + "; ".join(problems)
         )
     return dict(found)
+
+
+def _problems(mine: Mapping[str, Any], found: dict[Any, Any]) -> list[str]:
+    problems = []
+    workers, unreadable = found.get("workers"), found.get("unreadable", {})
+    if type(workers) is not dict or type(unreadable) is not dict:
+        problems.append("the scheduler's list of workers is unreadable")
+        workers, unreadable = {}, {}
+    sent = [("scheduler", found["scheduler"])]
+    for address in sorted(a for a in workers if _is_text(a)):
+        sent.append((f"worker {address}", workers[address]))
+    for who, theirs in sent:
+        try:
+            read = read_identity(theirs)
+        except UnreadableIdentity as exc:
+            problems.append(f"{who}: unreadable identity: {exc}")
+            continue
+        if read is None:
+            problems.append(describe(who, None))
+        elif found_here := differences(mine, read):
+            problems.append(f"{describe(who, read)}: {', '.join(found_here)}")
+    for address, why in unreadable.items():  # what the scheduler could not read, and why
+        who = f"worker {address}" if _is_text(address) else "a worker"
+        why = f": {why}" if _is_text(why, MAX_PATH) else ""
+        problems.append(f"{who}: unreadable identity{why}")
+    problems += ["a worker with an unreadable address"] * sum(not _is_text(a) for a in workers)
+    return problems
 
 
 # --- preload entry points ----------------------------------------------------------------------
@@ -232,6 +405,8 @@ def dask_setup(server: Any) -> None:
         guard = _plugin_class()()
         server.add_plugin(guard)
         server.handlers[HANDLER] = _identities_handler(server, guard)
+        status = server.stream_handlers["worker-status-change"]
+        server.stream_handlers["worker-status-change"] = guard.status_change(status)
         logger.info("envbuild guard: %s", describe("the scheduler", guard.mine))
     elif hasattr(server, "startup_information"):
         server.startup_information[IDENTITY_KEY] = lambda worker: identity()
