@@ -1,0 +1,1 @@
+"""Crafted hostile packages against envbuild env and envbuild image (issue 16)."""
