@@ -393,6 +393,7 @@ CHART_VALUES: dict[str, Any] = {
         "replicas": int,
         "custom_scheduler_url": str,
         "threads_per_worker": int,
+        "default_resources": {"cpu": int, "memory": str},
         "portDashboard": int,
         "mounts": dict,
         "annotations": dict,
@@ -426,6 +427,14 @@ def chart_pod(values: Mapping[str, Any], role: str) -> dict[str, Any]:
         if role == "scheduler"
         else [section["image"]["dask_worker"], "dask-scheduler:8786"]
     )
+    limits = section["resources"].get("limits")
+    if role == "worker" and limits:
+        # dask-worker-deployment.yaml: with limits, --nthreads and --memory-limit always go
+        # (`a | default b | default c`: the last fallback is taken as it is)
+        fallback = {"cpu": 1, "memory": "4GiB", **section.get("default_resources", {})}
+        threads = section.get("threads_per_worker") or limits.get("cpu") or fallback["cpu"]
+        memory = limits.get("memory") or fallback["memory"]
+        first += ["--nthreads", str(threads), "--memory-limit", str(memory)]
     container = {
         "name": role,
         "image": image,
@@ -461,6 +470,60 @@ def test_helm_values_are_the_charts_and_match_the_daskcluster(lock: Lock) -> Non
         assert made["spec"].get("tolerations") == pod_spec.get("tolerations")
     # the chart's command; test_runnable checks the environments have it
     assert values["worker"]["image"]["dask_worker"] == "dask-worker"
+
+
+def effective_worker_options(args: list[str]) -> dict[str, str]:
+    """--nthreads and --memory-limit as dask reads them: 0 and auto are its own defaults."""
+    found = {"--nthreads": "0", "--memory-limit": "auto"}
+    for flag in found:
+        if flag in args:
+            found[flag] = args[args.index(flag) + 1]
+    return found
+
+
+SIZINGS = {
+    "unset": {},
+    "cpu+memory": {"worker": deploy.Sizing(cpu="8", memory="64Gi")},
+    "threads": {"worker": deploy.Sizing(memory="16G", threads=2)},
+    "millicores": {"worker": deploy.Sizing(cpu="1500m"), "scheduler": deploy.Sizing(cpu="2")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZINGS))
+@pytest.mark.parametrize(
+    "lock", [golden_lock(), cpu_scheduler(golden_lock())], ids=["gpu", "cpu-scheduler"]
+)
+def test_workers_get_the_threads_and_memory_the_spec_says_in_both_outputs(
+    lock: Lock, name: str, crd_schema: dict[str, Any]
+) -> None:
+    """The chart falls back to 1 thread and 4 GiB whenever a worker has limits (a GPU is one);
+    a GPU worker must get what the spec says, or dask's own defaults, never that."""
+    sizing = SIZINGS[name]
+    values = deploy.helm_values(lock, images(lock), workers=2, sizing=sizing)
+    assert unknown_keys(values, CHART_VALUES) == []
+    document = deploy.dask_cluster(
+        lock, images(lock), name="dask-gpu", namespace=None, workers=2, sizing=sizing
+    )
+    jsonschema.validate(document, tightened(crd_schema))
+    for role in deploy.CLUSTER_ROLES:
+        kubernetes_validate.validate(chart_pod(values, role), KUBERNETES, strict=True)
+    from_chart = effective_worker_options(
+        chart_pod(values, "worker")["spec"]["containers"][0]["args"]
+    )
+    worker = document["spec"]["worker"]["spec"]["containers"][0]
+    from_operator = effective_worker_options(worker["args"])
+    assert from_chart == from_operator
+    size = sizing.get("worker", deploy.Sizing())
+    expected_threads = {"unset": "0", "cpu+memory": "8", "threads": "2", "millicores": "1"}
+    assert from_chart["--nthreads"] == expected_threads[name]
+    assert from_chart["--memory-limit"] == (size.memory or "auto")
+    for role in deploy.CLUSTER_ROLES:
+        asked = sizing.get(role, deploy.Sizing())
+        container = document["spec"][role]["spec"]["containers"][0]
+        for key, value in (("cpu", asked.cpu), ("memory", asked.memory)):
+            limits = container.get("resources", {}).get("limits", {})
+            requests = container.get("resources", {}).get("requests", {})
+            assert limits.get(key) == value and requests.get(key) == value
 
 
 def test_unknown_chart_keys_are_caught() -> None:
@@ -627,3 +690,28 @@ def test_deploy_usage_errors(locked: Path, envbuild: Callable[..., Result]) -> N
     assert (
         envbuild("deploy", "kubernetes", "-f", locked, "--no-registry-check").exit_code == 4
     )  # stale
+
+
+def test_the_specs_resources_reach_both_outputs_and_leave_the_lock_alone(
+    locked: Path, envbuild: Callable[..., Result]
+) -> None:
+    text = locked.read_text().replace(
+        '    gpu: {cuda: "12.4", compute-capability: ">=8.0"}',
+        '    gpu: {cuda: "12.4", compute-capability: ">=8.0"}\n'
+        '    resources: {cpu: "16", memory: 120Gi, threads: 4}',
+    )
+    assert text != locked.read_text()
+    locked.write_text(text)
+    assert envbuild("lock", "--check", "-f", locked).exit_code == 0  # not part of the lock
+    helm = yaml.safe_load(envbuild("deploy", "helm", "-f", locked, "--no-registry-check").stdout)
+    worker = helm["worker"]
+    assert worker["threads_per_worker"] == 4
+    assert worker["resources"]["limits"] == {
+        "cpu": "16",
+        "memory": "120Gi",
+        "nvidia.com/gpu": "1",
+    }
+    cluster_yaml = envbuild("deploy", "kubernetes", "-f", locked, "--no-registry-check").stdout
+    args = yaml.safe_load(cluster_yaml)["spec"]["worker"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--nthreads") + 1] == "4"
+    assert args[args.index("--memory-limit") + 1] == "120Gi"

@@ -84,7 +84,7 @@ def test_defaults_and_unquoted_versions_stay_text() -> None:
             "  client: {gpu: false}",
             "  client: {gpu: false, memory: 4}",
             "envbuild.yaml:6: roles.client.memory: unknown key 'memory' "
-            "(allowed here: platforms, gpu)",
+            "(allowed here: platforms, gpu, resources)",
         ),
         (
             "  client: {gpu: false}",

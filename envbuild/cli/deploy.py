@@ -108,7 +108,7 @@ def deploy(
       envbuild deploy kubernetes --workers 8 -o cluster.yaml && kubectl apply -f cluster.yaml
       envbuild deploy helm -o values.yaml && helm install dask dask/dask -f values.yaml
     """
-    from envbuild.cluster.deploy import deployment
+    from envbuild.cluster.deploy import deployment, role_sizing
     from envbuild.image.build import image_settings
     from envbuild.lock import locking
 
@@ -123,5 +123,6 @@ def deploy(
         workers=workers,
         check_registry=not no_registry_check,
         pin_digests=pin_digests,
+        sizing=role_sizing(used.spec),
     )
     emit(text, output)

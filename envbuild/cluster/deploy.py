@@ -7,7 +7,8 @@ rendered by the pure functions of ``envbuild.cluster.manifests``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 from envbuild.cluster import manifests
@@ -28,6 +29,7 @@ def deployment(
     workers: int,
     check_registry: bool,
     pin_digests: bool,
+    sizing: Mapping[str, manifests.Sizing] | None = None,
 ) -> str:
     """The DaskCluster (``kubernetes``) or the dask chart's values (``helm``), as YAML text."""
     from envbuild.errors import SelectionError
@@ -50,10 +52,26 @@ def deployment(
             name=name or manifests.default_name(lock),
             namespace=namespace,
             workers=workers,
+            sizing=sizing,
         )
     else:
-        document = manifests.helm_values(lock, references, workers=workers)
+        document = manifests.helm_values(lock, references, workers=workers, sizing=sizing)
     return manifests.render(document, source=source, digest=content_digest(lock))
+
+
+def role_sizing(spec_path: Path | None) -> dict[str, manifests.Sizing]:
+    """The spec's ``roles.ROLE.resources`` (none for a lock used without its spec)."""
+    if spec_path is None:
+        return {}
+    from envbuild.spec.file import load_spec
+
+    spec = load_spec(spec_path).spec
+    found = {}
+    for role in manifests.CLUSTER_ROLES:
+        resources = spec.role(role).resources
+        if resources is not None:
+            found[role] = manifests.Sizing(resources.cpu, resources.memory, resources.threads)
+    return found
 
 
 def cluster_images(

@@ -17,12 +17,14 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from envbuild.gpucheck import DRIVER_FLOOR_BY_CUDA_MAJOR, ComputeCapability, parse_cuda_version
 from envbuild.image.plan import DEFAULT_COMMANDS, GUARD_ARGS
 from envbuild.lock.lockfile import Lock
 from envbuild.spec import yamldoc
+from envbuild.spec.fields import threads_for
 
 MAJOR = "nvidia.com/gpu.compute.major"
 MINOR = "nvidia.com/gpu.compute.minor"
@@ -111,16 +113,45 @@ def gpu_affinity(compute_capability: str | None, cuda: str) -> dict[str, Any]:
     }
 
 
-def _gpu_parts(
-    lock: Lock, role: str
+@dataclass(frozen=True)
+class Sizing:
+    """What a role's pods ask for beyond GPUs (the spec's ``roles.ROLE.resources``)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    threads: int | None = None
+
+    @property
+    def worker_threads(self) -> int | None:
+        """Dask threads: as given, else the whole CPUs of ``cpu``; None: dask's own default
+        (every CPU the container sees, cgroup limits included)."""
+        if self.threads is not None:
+            return self.threads
+        return threads_for(self.cpu) if self.cpu else None
+
+
+def _pod_parts(
+    lock: Lock, role: str, sizing: Sizing
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """resources, affinity and tolerations of a role's pod ({} and [] for a CPU role)."""
     locked = lock.role(role)
+    asked = {k: v for k, v in (("cpu", sizing.cpu), ("memory", sizing.memory)) if v}
+    resources: dict[str, Any] = {"limits": dict(asked), "requests": dict(asked)} if asked else {}
     if not locked.cuda:
-        return {}, {}, []
-    resources = {"limits": {GPU_RESOURCE: str(max(locked.gpus, 1))}}
+        return resources, {}, []
+    resources.setdefault("limits", {})[GPU_RESOURCE] = str(max(locked.gpus, 1))
     tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return resources, gpu_affinity(locked.compute_capability, locked.cuda), tolerations
+
+
+def _worker_args(sizing: Sizing) -> list[str]:
+    """``--nthreads`` and ``--memory-limit`` of a worker, where the spec sets them."""
+    args = []
+    if sizing.worker_threads is not None:
+        args += ["--nthreads", str(sizing.worker_threads)]
+    if sizing.memory:
+        args += ["--memory-limit", sizing.memory]
+    return args
 
 
 def dask_cluster(
@@ -130,38 +161,23 @@ def dask_cluster(
     name: str,
     namespace: str | None,
     workers: int,
+    sizing: Mapping[str, Sizing] | None = None,
 ) -> dict[str, Any]:
     """A DaskCluster (kubernetes.dask.org/v1) for the scheduler and worker images."""
-    pods = {}
-    for role, command in (
-        ("scheduler", list(DEFAULT_COMMANDS["scheduler"])),
+    sizes = sizing or {}
+    commands = {
+        "scheduler": list(DEFAULT_COMMANDS["scheduler"]),
         # the operator sets DASK_WORKER_NAME (and DASK_SCHEDULER_ADDRESS, which dask reads)
-        ("worker", ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", *GUARD_ARGS]),
-    ):
-        resources, affinity, tolerations = _gpu_parts(lock, role)
-        container: dict[str, Any] = {
-            "name": role,
-            "image": images[role],
-            "imagePullPolicy": "IfNotPresent",
-            "args": command,
-        }
-        if role == "scheduler":
-            container["ports"] = [
-                {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
-                {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
-            ]
-            container["readinessProbe"] = {
-                "httpGet": {"port": "http-dashboard", "path": "/health"},
-                "initialDelaySeconds": 5,
-                "periodSeconds": 10,
-            }
-        if resources:
-            container["resources"] = resources
-        pod: dict[str, Any] = {"containers": [container]}
-        if affinity:
-            pod["affinity"] = affinity
-            pod["tolerations"] = tolerations
-        pods[role] = pod
+        "worker": [
+            *("dask", "worker", "--name", "$(DASK_WORKER_NAME)"),
+            *_worker_args(sizes.get("worker", Sizing())),
+            *GUARD_ARGS,
+        ],
+    }
+    pods = {
+        role: _operator_pod(lock, role, images[role], commands[role], sizes.get(role, Sizing()))
+        for role in CLUSTER_ROLES
+    }
     metadata: dict[str, Any] = {"name": name}
     if namespace:
         metadata["namespace"] = namespace
@@ -171,31 +187,60 @@ def dask_cluster(
         "metadata": metadata,
         "spec": {
             "worker": {"replicas": workers, "spec": pods["worker"]},
-            "scheduler": {
-                "spec": pods["scheduler"],
-                "service": {
-                    "type": "ClusterIP",
-                    "selector": {
-                        "dask.org/cluster-name": name,
-                        "dask.org/component": "scheduler",
-                    },
-                    "ports": [
-                        {
-                            "name": "tcp-comm",
-                            "protocol": "TCP",
-                            "port": SCHEDULER_PORT,
-                            "targetPort": "tcp-comm",
-                        },
-                        {
-                            "name": "http-dashboard",
-                            "protocol": "TCP",
-                            "port": DASHBOARD_PORT,
-                            "targetPort": "http-dashboard",
-                        },
-                    ],
-                },
-            },
+            "scheduler": {"spec": pods["scheduler"], "service": _scheduler_service(name)},
         },
+    }
+
+
+def _operator_pod(
+    lock: Lock, role: str, image: str, command: list[str], sizing: Sizing
+) -> dict[str, Any]:
+    """A role's PodSpec in a DaskCluster."""
+    resources, affinity, tolerations = _pod_parts(lock, role, sizing)
+    container: dict[str, Any] = {
+        "name": role,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": command,
+    }
+    if role == "scheduler":
+        container["ports"] = [
+            {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+        ]
+        container["readinessProbe"] = {
+            "httpGet": {"port": "http-dashboard", "path": "/health"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+        }
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {"containers": [container]}
+    if affinity:
+        pod["affinity"] = affinity
+        pod["tolerations"] = tolerations
+    return pod
+
+
+def _scheduler_service(name: str) -> dict[str, Any]:
+    """The scheduler's Service (NAME-scheduler): its comm and dashboard ports."""
+    return {
+        "type": "ClusterIP",
+        "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+        "ports": [
+            {
+                "name": "tcp-comm",
+                "protocol": "TCP",
+                "port": SCHEDULER_PORT,
+                "targetPort": "tcp-comm",
+            },
+            {
+                "name": "http-dashboard",
+                "protocol": "TCP",
+                "port": DASHBOARD_PORT,
+                "targetPort": "http-dashboard",
+            },
+        ],
     }
 
 
@@ -206,13 +251,28 @@ def _split(reference: str) -> tuple[str, str]:
     return repository, tag + at + digest
 
 
-def helm_values(lock: Lock, images: Mapping[str, str], *, workers: int) -> dict[str, Any]:
+def helm_values(
+    lock: Lock,
+    images: Mapping[str, str],
+    *,
+    workers: int,
+    sizing: Mapping[str, Sizing] | None = None,
+) -> dict[str, Any]:
     """Values for the dask Helm chart (dask/dask): the same images, commands, resources,
-    affinity and tolerations. The chart passes ``args`` only, so the images' entrypoint runs."""
+    affinity and tolerations. The chart passes ``args`` only, so the images' entrypoint runs.
+
+    Whenever a worker has resource limits (a GPU is one), the chart passes ``--nthreads`` and
+    ``--memory-limit`` from ``threads_per_worker``, ``limits.cpu`` and ``limits.memory``,
+    falling back to ``default_resources`` (1 thread, 4 GiB in the chart). envbuild sets
+    ``threads_per_worker`` from the spec and the fallbacks to dask's own defaults (``0``:
+    every CPU the container sees; ``auto``: its memory), so a GPU worker is never capped at
+    one thread by accident."""
+    sizes = sizing or {}
     values: dict[str, Any] = {"jupyter": {"enabled": False}}
     for role, command in (("scheduler", "dask-scheduler"), ("worker", "dask-worker")):
         repository, tag = _split(images[role])
-        resources, affinity, tolerations = _gpu_parts(lock, role)
+        size = sizes.get(role, Sizing())
+        resources, affinity, tolerations = _pod_parts(lock, role, size)
         section: dict[str, Any] = {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
             "extraArgs": list(GUARD_ARGS),
@@ -223,6 +283,9 @@ def helm_values(lock: Lock, images: Mapping[str, str], *, workers: int) -> dict[
         if role == "worker":
             section["image"]["dask_worker"] = command
             section["replicas"] = workers
+            section["default_resources"] = {"cpu": 0, "memory": "auto"}
+            if size.worker_threads is not None:
+                section["threads_per_worker"] = size.worker_threads
         values[role] = section
     return values
 

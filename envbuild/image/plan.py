@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -213,13 +214,14 @@ def render_dockerfile(
 
 
 def render_entrypoint(role: str, variant: str, settings: ImageSettings) -> str:
-    """The entrypoint (templates/entrypoint.sh): activate, check the GPU, exec."""
+    """The entrypoint (templates/entrypoint.sh): activate, check the GPU, exec. Every value
+    is validated by the spec and quoted for the shell all the same."""
     return string.Template(read_template("entrypoint.sh")).substitute(
-        role=role,
-        variant=variant,
-        prefix=settings.prefix,
-        role_file=ROLE_FILE,
-        envbuild_dir=ENVBUILD_DIR,
+        role=shlex.quote(role),
+        variant=shlex.quote(variant),
+        prefix=shlex.quote(settings.prefix),
+        role_file=shlex.quote(ROLE_FILE),
+        envbuild_dir=shlex.quote(ENVBUILD_DIR),
     )
 
 

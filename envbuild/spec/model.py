@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,15 +21,26 @@ from pydantic import (
     field_validator,
 )
 
-from envbuild import gpucheck
 from envbuild.spec import ROLES
-from envbuild.spec.channels import CREDENTIALS_MESSAGE, carries_credentials
+from envbuild.spec.fields import (
+    RESERVED_PACKAGES,
+    BaseText,
+    ChannelText,
+    ComputeCapabilityText,
+    CpuText,
+    CudaVersion,
+    MatchSpecText,
+    MemoryText,
+    Platform,
+    PrefixText,
+    RepositoryText,
+    UserText,
+    VersionText,
+)
 from envbuild.spec.matchspec import package_name
-from envbuild.spec.platforms import GPU_PLATFORMS, PLATFORMS
+from envbuild.spec.platforms import GPU_PLATFORMS
 from envbuild.spec.yamldoc import Loc, dotted, shown
 
-#: Packages envbuild chooses per variant; a spec must not pin them itself.
-RESERVED_PACKAGES = frozenset({"cuda-version", "__cuda"})
 #: Entries of dependencies and gpu-dependencies.
 MAX_DEPENDENCIES = 1000
 
@@ -46,82 +55,13 @@ class _Strict(BaseModel):
     )
 
 
-# --- field types ---
-
-
-def _match_spec(text: str) -> str:
-    # Only the cheap part here; SpecFile.check_match_specs() parses fully with the solver.
-    if package_name(text) is None:
-        raise ValueError(f"{shown(text)} names no package")
-    return text
-
-
-def _platform(text: str) -> str:
-    if text not in PLATFORMS:
-        raise ValueError(f"unknown platform {shown(text)} (known: {', '.join(PLATFORMS)})")
-    return text
-
-
-def _cuda(text: str) -> str:
-    gpucheck.parse_cuda_version(text)
-    return text
-
-
-def _compute_capability(text: str) -> str:
-    gpucheck.ComputeCapability.parse(text)
-    return text
-
-
-def _version(text: str) -> str:
-    # Components beyond nine digits overflow the solver's integers.
-    if not re.fullmatch(r"\d{1,9}(\.\d{1,9}){0,4}", text):
-        raise ValueError(f'{shown(text)} is not a version like "2.28"')
-    return text
-
-
-def _channel(text: str) -> str:
-    if not text.strip() or any(c.isspace() or not c.isprintable() for c in text):
-        raise ValueError(f"{shown(text)} is not a channel name, URL or path")
-    if carries_credentials(text):
-        raise ValueError(CREDENTIALS_MESSAGE)  # never echo the secret itself
-    return text
-
-
-# Docker's reference grammar: [HOST[:PORT]/]PATH, lowercase path components, no tag.
-_REPOSITORY = re.compile(
-    r"((?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-)
-
-
-def _repository(text: str) -> str:
-    if "@" in text or "://" in text:
-        # never echo it: what precedes an @ may be a token
-        raise ValueError(
-            "write the repository as REGISTRY/PATH (e.g. ghcr.io/org/dask-gpu), without a "
-            "scheme, credentials or digest: registry credentials belong in the Docker config "
-            "(docker login)"
-        )
-    if len(text) > 255 or not _REPOSITORY.fullmatch(text):
-        raise ValueError(
-            f"{shown(text)} is not an image repository: REGISTRY[:PORT]/PATH, the path in "
-            "lowercase letters, digits and . _ - separators, no :TAG (envbuild tags the images)"
-        )
-    return text
-
-
-MatchSpecText = Annotated[str, AfterValidator(_match_spec)]
-Platform = Annotated[str, AfterValidator(_platform)]
-ChannelText = Annotated[str, AfterValidator(_channel)]
-
-
 class GpuRequirement(_Strict):
     """The GPU a role needs: the CUDA runtime of its image and the hardware it must land on."""
 
-    cuda: Annotated[str, AfterValidator(_cuda)] = Field(
+    cuda: CudaVersion = Field(
         description='CUDA runtime version of the role\'s variant, MAJOR.MINOR (e.g. "12.4").'
     )
-    compute_capability: Annotated[str, AfterValidator(_compute_capability)] | None = Field(
+    compute_capability: ComputeCapabilityText | None = Field(
         default=None,
         description='Compute capability every visible GPU must meet, e.g. ">=8.0" (A100).',
     )
@@ -136,6 +76,33 @@ def _gpu_flag(value: Any) -> Any:
     return value
 
 
+def _unique(values: list[str]) -> list[str]:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{shown(value)} is listed twice")
+        seen.add(value)
+    return values
+
+
+class Resources(_Strict):
+    """What a role's pod asks Kubernetes for (``envbuild deploy``). Not part of the lock."""
+
+    cpu: CpuText | None = Field(
+        default=None, description='CPUs per pod, e.g. "8" or "500m" (requests and limits).'
+    )
+    memory: MemoryText | None = Field(
+        default=None, description='Memory per pod, e.g. "64Gi" (requests and limits).'
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Dask worker threads (default: the whole CPUs of cpu; without cpu, "
+        "every CPU the container sees).",
+    )
+
+
 class Role(_Strict):
     """One role of the cluster."""
 
@@ -147,6 +114,14 @@ class Role(_Strict):
     gpu: Annotated[GpuRequirement | None, BeforeValidator(_gpu_flag)] = Field(
         default=None, description="false for a CPU role, or the GPU it needs."
     )
+    resources: Resources | None = Field(
+        default=None, description="CPU, memory and threads of the role's pods (deploy only)."
+    )
+
+    @field_validator("platforms")
+    @classmethod
+    def _no_duplicates(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _unique(values)
 
 
 class Roles(_Strict):
@@ -160,28 +135,30 @@ class Roles(_Strict):
 class SystemRequirements(_Strict):
     """Declared virtual packages (the oldest systems the environment must run on)."""
 
-    linux: Annotated[str, AfterValidator(_version)] = Field(
-        default="5.10", description="__linux: Linux kernel version."
-    )
-    glibc: Annotated[str, AfterValidator(_version)] = Field(
-        default="2.28", description="__glibc: glibc version."
-    )
-    macos: Annotated[str, AfterValidator(_version)] = Field(
-        default="11.0", description="__osx: macOS version."
-    )
+    linux: VersionText = Field(default="5.10", description="__linux: Linux kernel version.")
+    glibc: VersionText = Field(default="2.28", description="__glibc: glibc version.")
+    macos: VersionText = Field(default="11.0", description="__osx: macOS version.")
 
 
 class ImageSettings(_Strict):
     """How role images are built (used by ``envbuild image``)."""
 
-    base: str = Field(default="debian:bookworm-slim", description="Base image.")
-    repository: Annotated[str, AfterValidator(_repository)] | None = Field(
+    base: BaseText = Field(
+        default="debian:bookworm-slim",
+        description="Base image: REGISTRY/PATH[:TAG][@sha256:...], or oci:PATH[:TAG].",
+    )
+    repository: RepositoryText | None = Field(
         default=None,
         description="Repository to tag and push to, e.g. ghcr.io/org/dask-gpu (no tag).",
     )
-    prefix: str = Field(default="/opt/env", pattern=r"^/", description="Environment path.")
-    user: str = Field(default="dask", pattern=r"^[a-z_][a-z0-9_-]*$", description="Run as.")
-    uid: int = Field(default=1000, ge=1, description="Numeric user id (never 0).")
+    prefix: PrefixText = Field(
+        default="/opt/env",
+        description="Where the environment lives in the image: a folder of its own.",
+    )
+    user: UserText = Field(default="dask", description="The user the image runs as (never root).")
+    uid: int = Field(
+        default=1000, ge=1, le=2**31 - 1, description="Numeric user id (never 0, root)."
+    )
 
 
 class Spec(_Strict):
@@ -219,12 +196,7 @@ class Spec(_Strict):
     @field_validator("platforms", "channels", "dependencies", "gpu_dependencies")
     @classmethod
     def _no_duplicates(cls, values: list[str]) -> list[str]:
-        seen = set()
-        for value in values:
-            if value in seen:
-                raise ValueError(f"{shown(value)} is listed twice")
-            seen.add(value)
-        return values
+        return _unique(values)
 
     def role(self, name: str) -> Role:
         """The role called ``name``."""
@@ -237,15 +209,45 @@ class Spec(_Strict):
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the spec, as committed in envbuild/schema/."""
+    """The JSON Schema of the spec, as committed in envbuild/schema/: the models' fields, and
+    what the loader checks beyond them that a schema can say (``gpu: false``, no GPU role on
+    macOS). Only one rule stays the loader's: a package named twice in one list under two
+    spellings (``numpy`` and ``numpy >=1``)."""
     schema = Spec.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    role = schema["$defs"]["Role"]["properties"]
+    role["gpu"]["anyOf"].append({"const": False})
+    for name in ("platforms", "channels", "dependencies", "gpu-dependencies"):
+        schema["properties"][name]["uniqueItems"] = True
+    role["platforms"]["anyOf"][0]["uniqueItems"] = True
+    schema["allOf"] = [_no_gpu_on_macos(name) for name in ROLES]
     return schema
+
+
+def _no_gpu_on_macos(role: str) -> dict[str, Any]:
+    """A role with a GPU is locked for no macOS platform (its own, or the top-level ones)."""
+    macos = {"contains": {"type": "string", "pattern": "^osx-"}}
+    has_gpu = {"required": ["gpu"], "properties": {"gpu": {"type": "object"}}}
+    own = {"required": ["platforms"], "properties": {"platforms": {"type": "array"}}}
+    return {
+        "if": {"required": ["roles"], "properties": {"roles": {"properties": {role: has_gpu}}}},
+        "then": {
+            "properties": {
+                "roles": {"properties": {role: {"properties": {"platforms": {"not": macos}}}}}
+            },
+            "if": {"properties": {"roles": {"properties": {role: {"not": own}}}}},
+            "then": {"properties": {"platforms": {"not": macos}}},
+        },
+    }
+
+
+#: Spec fields that do not decide the lock.
+_NOT_LOCKED: Any = {"image": True, "roles": {r: {"resources"} for r in ROLES}}
 
 
 def spec_hash(spec: Spec) -> str:
     """sha256 of the canonical JSON of what decides the lock."""
-    content = spec.model_dump(mode="json", by_alias=True, exclude={"image"})
+    content = spec.model_dump(mode="json", by_alias=True, exclude=_NOT_LOCKED)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
