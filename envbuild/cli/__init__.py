@@ -14,6 +14,7 @@ import os
 import sys
 
 from envbuild.cli import (  # noqa: F401 - each module registers its command on the app
+    completion,
     deploy,
     env,
     export,
@@ -42,6 +43,7 @@ def _exit_status(code: object) -> int:
 
 def main() -> None:
     """Console-script entry point."""
+    completion.enable_if_asked(dict(os.environ))
     try:
         app()
         status = 0

@@ -150,15 +150,31 @@ RoleOption = Annotated[
     str | None, typer.Option("--role", "-r", help="client, scheduler or worker.")
 ]
 RequiredRole = Annotated[str, typer.Option("--role", "-r", help="client, scheduler or worker.")]
+def _platform(value: str | None) -> str | None:
+    """A platform, not a path: ``-p`` is the prefix, as in conda and micromamba."""
+    if value is not None and ("/" in value or value.startswith(".")):
+        raise typer.BadParameter(
+            f"{value!r} looks like a folder: the environment's folder is -p/--prefix; "
+            "--platform takes a conda platform such as linux-64"
+        )
+    return value
+
+
 PlatformOption = Annotated[
     str | None,
     typer.Option(
-        "--platform", "-p", help="Conda platform, e.g. linux-64 (default: this machine's)."
+        "--platform",
+        callback=_platform,
+        help="Conda platform, e.g. linux-64 (default: this machine's).",
     ),
 ]
 PrefixOption = Annotated[
     Path | None,
-    typer.Option("--prefix", help="The environment's folder (default: envs/ROLE beside the lock)."),
+    typer.Option(
+        "--prefix",
+        "-p",
+        help="The environment's folder, as conda's -p (default: envs/ROLE beside the lock).",
+    ),
 ]
 OutputOption = Annotated[
     Path | None,

@@ -25,6 +25,7 @@ def show(
         Path | None,
         typer.Option(
             "--prefix",
+            "-p",
             help="Show what the environment at PREFIX runs (its stamp: lock, variant, roles) "
             "and whether it is the lock in use.",
         ),

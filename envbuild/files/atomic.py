@@ -2,7 +2,7 @@
 
 A path that is not a regular file (``/dev/null``, ``/dev/stdout``, a FIFO) is written into,
 never renamed over: a root user's ``-o /dev/null`` must not turn the device into a file. A
-symlink is followed, so the link stays a link.
+symlink is followed, so the link stays a link. Missing folders on the way are made.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     target = path.resolve() if path.is_symlink() else path
     folder = target.parent if str(target.parent) else Path()
     try:
+        folder.mkdir(parents=True, exist_ok=True)  # -o reports/x.yml makes reports/
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
         raise OutputError(f"{path}: cannot write here: {exc.strerror}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,25 +146,41 @@ def lock(
     lock_path = lock_path or default_lock_path(spec_path)
     reporter = reporter or SilentReporter()
     folder = lock_path.parent
-    with exclusive.hold(folder, f"another `envbuild lock` in {folder}", reporter.note):
-        previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
-        if previous is not None and not update and previous.spec_file_sha256 == digest(data):
-            return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
-        spec_file = load_spec(spec_path, data=data)
-        if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
-            return LockOutcome(lock_path, "up-to-date", previous, 0, time.perf_counter() - started)
-        spec_file.check_match_specs(_match_spec_name)
-        if update:
-            _check_update_names(update, previous, spec_file)
-        new_lock, solves = _resolve(spec_file, previous, update, reporter, digest(data))
-        written = write_lock(lock_path, new_lock)
-    return LockOutcome(
-        lock_path,
-        "written" if written else "unchanged",
-        new_lock,
-        solves,
-        time.perf_counter() - started,
-    )
+    what = f"another `envbuild lock` in {folder}"
+    # The lock's folder is made when missing (--lockfile locks/envbuild.lock), and removed
+    # again when nothing was written into it.
+    with exclusive.hold(folder, what, reporter.note, make=True) as made:
+        try:
+            outcome = _lock_held(spec_path, data, lock_path, update, update_all, reporter)
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+    return dataclasses.replace(outcome, seconds=time.perf_counter() - started)
+
+
+def _lock_held(
+    spec_path: Path,
+    data: bytes,
+    lock_path: Path,
+    update: Sequence[str],
+    update_all: bool,
+    reporter: Reporter,
+) -> LockOutcome:
+    """``lock``'s work, while it holds the lock file's folder."""
+    previous = None if update_all or not lock_path.exists() else read_lock(lock_path)
+    if previous is not None and not update and previous.spec_file_sha256 == digest(data):
+        return LockOutcome(lock_path, "up-to-date", previous, 0, 0.0)
+    spec_file = load_spec(spec_path, data=data)
+    if previous is not None and previous.spec_hash == spec_file.content_hash and not update:
+        return LockOutcome(lock_path, "up-to-date", previous, 0, 0.0)
+    spec_file.check_match_specs(_match_spec_name)
+    if update:
+        _check_update_names(update, previous, spec_file)
+    new_lock, solves = _resolve(spec_file, previous, update, reporter, digest(data))
+    written = write_lock(lock_path, new_lock)
+    return LockOutcome(lock_path, "written" if written else "unchanged", new_lock, solves, 0.0)
 
 
 def _resolve(
