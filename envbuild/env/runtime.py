@@ -1,6 +1,6 @@
-"""The files envbuild puts into every environment and image it makes: the GPU check and the
-Dask guard, as a small ``envbuild`` package (the two standalone modules and a stub
-``__init__``), importable once its folder is on PYTHONPATH.
+"""The files envbuild puts into every environment and image it makes: the GPU check (with its
+own copy of pynvml) and the Dask guard, as a small ``envbuild`` package (the two standalone
+modules and a stub ``__init__``), importable once its folder is on PYTHONPATH.
 
 So ``python -m envbuild.gpucheck`` and ``dask scheduler --preload envbuild.dask`` work in an
 image (``/opt/envbuild``, on its PYTHONPATH) and under ``envbuild run`` (the prefix's
@@ -32,7 +32,20 @@ def files() -> dict[str, bytes]:
     }
     for module in sorted((package / "gpucheck").glob("*.py")):
         found[f"envbuild/gpucheck/{module.name}"] = module.read_bytes()
+    # The check's own NVML binding: the environment may hold no pynvml, or another one.
+    found["envbuild/gpucheck/_pynvml.py"] = _pynvml_source()
     return found
+
+
+def _pynvml_source() -> bytes:
+    """The pynvml module of the nvidia-ml-py envbuild depends on (pinned exactly in
+    pyproject.toml: an image's bytes must not depend on the machine that builds it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pynvml")
+    if spec is None or spec.origin is None:  # pragma: no cover - a broken installation
+        raise ModuleNotFoundError("nvidia-ml-py (pynvml) is not installed beside envbuild")
+    return Path(spec.origin).read_bytes()
 
 
 def write_runtime(prefix: Path) -> None:

@@ -20,7 +20,7 @@ May import: (nothing of envbuild)
 """
 
 from .command import load_requirements, main
-from .nvml import survey_nvml
+from .nvml import BindingMissingError, binding, survey_nvml
 from .requirements import (
     CANNOT_JUDGE,
     COMMAND_NOT_EXECUTABLE,
@@ -30,6 +30,7 @@ from .requirements import (
     DRIVER_FLOOR_BY_CUDA_MAJOR,
     DRIVER_TOO_OLD,
     MODES,
+    NO_BINDING,
     NO_DRIVER,
     OK,
     TOO_FEW_GPUS,
@@ -64,10 +65,12 @@ __all__ = [
     "DRIVER_FLOOR_BY_CUDA_MAJOR",
     "DRIVER_TOO_OLD",
     "MODES",
+    "NO_BINDING",
     "NO_DRIVER",
     "OK",
     "TOO_FEW_GPUS",
     "USAGE",
+    "BindingMissingError",
     "ComputeCapability",
     "Device",
     "Driver",
@@ -78,6 +81,7 @@ __all__ = [
     "Requirements",
     "Survey",
     "Verdict",
+    "binding",
     "driver_problem",
     "evaluate",
     "load_requirements",

@@ -9,12 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .nvml import survey_nvml
+from . import init
+from .nvml import BindingMissingError, survey_nvml
 from .requirements import (
     COMMAND_NOT_EXECUTABLE,
     COMMAND_NOT_FOUND,
     DEFAULT_ROLE_FILE,
     MODES,
+    NO_BINDING,
     OK,
     USAGE,
     ComputeCapability,
@@ -65,9 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 ok, 2 usage, 20 no driver, 21 too few GPUs, 22 compute capability, "
-            "23 driver too old, 24 cannot judge (MIG, unreadable driver version), 126 command "
-            "not executable, 127 command not found. ENVBUILD_GPU_CHECK=enforce|warn|skip "
-            "(default enforce); ENVBUILD_ROLE_FILE (default /etc/envbuild/role.json)."
+            "23 driver too old, 24 cannot judge (MIG, unreadable driver version), 25 the "
+            "check's NVML binding is missing, 126 command not executable, 127 command not "
+            "found. ENVBUILD_GPU_CHECK=enforce|warn|skip (default enforce); ENVBUILD_ROLE_FILE "
+            "(default /etc/envbuild/role.json); ENVBUILD_INIT=0: exec the command even as "
+            "PID 1."
         ),
     )
     parser.add_argument("--role", help="role name, for the report")
@@ -99,14 +103,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"envbuild gpu check: error: {exc}", file=sys.stderr)
         return USAGE
 
-    if mode == "skip" or not requirements.needs_gpu:
-        verdict = Verdict(requirements=requirements, mode=mode)
-    else:
-        try:
-            survey: Survey | NoDriverError = survey_nvml()
-        except NoDriverError as missing:
-            survey = missing
-        verdict = evaluate(requirements, survey, env, mode)
+    verdict = _judge(requirements, env, mode)
 
     # With a command, stdout is the command's: the report goes to stderr, JSON too.
     report = sys.stderr if command else sys.stdout
@@ -116,6 +113,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return verdict.exit_code
     if not command:
         return OK
+    if init.wanted(env):
+        return init.main_as_init(command)
     try:
         os.execvp(command[0], command)  # noqa: S606 - replacing ourselves is the point
     except OSError as exc:
@@ -124,3 +123,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             file=sys.stderr,
         )
         return COMMAND_NOT_FOUND if isinstance(exc, FileNotFoundError) else COMMAND_NOT_EXECUTABLE
+
+
+def _judge(requirements: Requirements, env: Mapping[str, str], mode: str) -> Verdict:
+    """The verdict: nothing to look at for a CPU role or in skip mode, else what NVML saw."""
+    if mode == "skip" or not requirements.needs_gpu:
+        return Verdict(requirements=requirements, mode=mode)
+    try:
+        survey: Survey | NoDriverError = survey_nvml()
+    except NoDriverError as missing:
+        survey = missing
+    except BindingMissingError as missing:
+        return Verdict(requirements, mode, problem=str(missing), exit_code=NO_BINDING)
+    return evaluate(requirements, survey, env, mode)

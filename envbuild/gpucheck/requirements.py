@@ -17,6 +17,7 @@ TOO_FEW_GPUS = 21
 COMPUTE_CAPABILITY = 22
 DRIVER_TOO_OLD = 23
 CANNOT_JUDGE = 24  # MIG devices, or a driver version that cannot be read
+NO_BINDING = 25  # the check's own NVML binding (pynvml) is missing
 COMMAND_NOT_EXECUTABLE = 126
 COMMAND_NOT_FOUND = 127
 

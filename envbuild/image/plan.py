@@ -26,6 +26,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from envbuild import gpucheck
 from envbuild.files.resources import read_template
 from envbuild.lock.exports import render_role_file
 from envbuild.lock.lockfile import Lock, LockedPackage, content_digest
@@ -166,7 +167,29 @@ def _environment(
         # The NVIDIA container runtime mounts the driver only when these are set.
         environment["NVIDIA_VISIBLE_DEVICES"] = "all"
         environment["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+        environment.update(nvidia_requirements(locked.cuda, locked.compute_capability))
     return environment
+
+
+#: The constraint language of libnvidia-container (NVIDIA_REQUIRE_*): "=" for equality.
+_NVIDIA_OPERATORS = {">=": ">=", "<=": "<=", ">": ">", "<": "<", "==": "=", "!=": "!="}
+
+
+def nvidia_requirements(cuda: str, compute_capability: str | None) -> dict[str, str]:
+    """``NVIDIA_REQUIRE_*`` for the NVIDIA container runtime, which refuses to start the
+    container on a node that does not meet them (before envbuild's own check runs): a driver
+    that runs the CUDA runtime's major (minor-version compatibility, as the GPU check
+    judges: ``cuda>=12.0`` and the major's oldest driver branch), and every GPU's compute
+    capability (``arch``; clauses within one variable separated by commas are ANDed)."""
+    major, _ = gpucheck.parse_cuda_version(cuda)
+    floor = gpucheck.DRIVER_FLOOR_BY_CUDA_MAJOR[major]
+    found = {"NVIDIA_REQUIRE_CUDA": f"cuda>={major}.0,driver>={floor}"}
+    if compute_capability:
+        clauses = gpucheck.ComputeCapability.parse(compute_capability).clauses
+        found["NVIDIA_REQUIRE_ARCH"] = ",".join(
+            f"arch{_NVIDIA_OPERATORS[op]}{bound[0]}.{bound[1]}" for op, bound in clauses
+        )
+    return found
 
 
 def _quoted(value: str) -> str:
