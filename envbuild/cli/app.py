@@ -150,6 +150,8 @@ RoleOption = Annotated[
     str | None, typer.Option("--role", "-r", help="client, scheduler or worker.")
 ]
 RequiredRole = Annotated[str, typer.Option("--role", "-r", help="client, scheduler or worker.")]
+
+
 def _platform(value: str | None) -> str | None:
     """A platform, not a path: ``-p`` is the prefix, as in conda and micromamba."""
     if value is not None and ("/" in value or value.startswith(".")):
