@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import Result
@@ -136,7 +137,9 @@ def test_pixi_lock_holds_every_variant_and_platform(
     assert sorted(environments) == ["cpu", "cuda-12.4"]
     for target in lock.targets:
         environment = environments[target.variant]
-        platform = next(p for p in environment.platforms() if p.name == target.platform)
+        platform = next(p for p in environment.platforms() if str(p.subdir) == target.platform)
+        # what the variant declares, __cuda for CUDA variants, travels with its platform
+        assert sorted(platform.virtual_packages) == sorted(target.virtual_packages)
         records = {
             (
                 r["name"],
@@ -155,6 +158,38 @@ def test_pixi_lock_holds_every_variant_and_platform(
         assert records == {
             (p.name, p.version, p.build, p.sha256, p.md5, p.url, p.depends) for p in target.packages
         }, target.target
+        checked = unmet_virtual_requirements(
+            environment.conda_repodata_records_for_platform(platform), platform
+        )
+        assert checked["unmet"] == [], target.target
+        if target.variant != "cpu":
+            assert checked["met"] >= 1  # cuda-version's __cuda >=12 was checked
+
+
+def unmet_virtual_requirements(records: Any, platform: Any) -> dict[str, Any]:
+    """Virtual-package requirements of ``records`` (depends: must be declared; constrains:
+    must match when declared) against what ``platform`` declares, as a reader re-checking
+    the lock sees them (``__cuda >=12`` is met by ``__cuda=12.4=0``)."""
+    from rattler import Version, VersionSpec
+
+    declared = {}
+    for text in platform.virtual_packages:
+        name, version, _ = text.split("=")
+        declared[name] = Version(version)
+    met, unmet = 0, []
+    for record in records:
+        for kind, requirements in (("depends", record.depends), ("constrains", record.constrains)):
+            for requirement in requirements:
+                name, _, spec = requirement.partition(" ")
+                if not name.startswith("__") or (kind == "constrains" and name not in declared):
+                    continue
+                ok = name in declared and (
+                    not spec.strip() or VersionSpec(spec.split()[0]).matches(declared[name])
+                )
+                met += ok
+                if not ok:
+                    unmet.append(f"{record.name.normalized}: {requirement}")
+    return {"met": met, "unmet": unmet}
 
 
 @pytest.mark.parametrize(

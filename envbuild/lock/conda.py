@@ -257,20 +257,34 @@ def write_pixi_lock(
     channels: Sequence[str],
     environments: Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[LockedPackage]]]],
 ) -> None:
-    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages)."""
+    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages).
+
+    A lock platform carries its virtual packages, and a CUDA variant declares ``__cuda``
+    where the CPU variant does not: each environment gets platforms with what it declares.
+    A platform whose virtual packages are the same for every environment keeps its conda name
+    (``linux-64``); where they differ, each environment's is named ``SUBDIR-ENVIRONMENT``
+    with dots as dashes, as platform names allow (``linux-64-cuda-12-4``), over the same
+    subdir, which readers take as the subdir.
+    """
     from rattler import LockChannel, LockFile, LockPlatform, Subdir
 
-    declared: dict[str, Sequence[str]] = {}  # a platform's virtual packages (same per variant)
+    declared: dict[str, set[tuple[str, ...]]] = {}
     for by_platform in environments.values():
         for platform, (virtual_packages, _) in by_platform.items():
-            declared.setdefault(platform, virtual_packages)
-    lock_platforms = {
-        p: LockPlatform(p, Subdir(p), virtual_packages=list(declared[p])) for p in sorted(declared)
-    }
-    lock = LockFile(list(lock_platforms.values()))
+            declared.setdefault(platform, set()).add(tuple(virtual_packages))
+    named: dict[tuple[str, str], LockPlatform] = {}
+    for environment, by_platform in sorted(environments.items()):
+        for platform, (virtual_packages, _) in sorted(by_platform.items()):
+            shared = len(declared[platform]) == 1
+            name = platform if shared else f"{platform}-{environment}".replace(".", "-")
+            named[(environment, platform)] = LockPlatform(
+                name, Subdir(platform), virtual_packages=list(virtual_packages)
+            )
+    unique = {p.name: p for p in named.values()}
+    lock = LockFile([unique[n] for n in sorted(unique)])
     for name, by_platform in environments.items():
         lock.set_channels(name, [LockChannel(c) for c in channels])
         for platform, (_, packages) in by_platform.items():
             for package in packages:
-                lock.add_conda_package(name, lock_platforms[platform], to_rattler(package))
+                lock.add_conda_package(name, named[(name, platform)], to_rattler(package))
     lock.to_path(path)
