@@ -176,11 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     failing: dict[str, list[int]] = {kind: [] for kind in FAILURE_KINDS}
+    undecided: list[int] = []
     seconds_reference = seconds_envbuild = 0.0
     for summary in run(seeds, args.jobs, args.keep, args.max_combinations, args.case_timeout):
         counts["cases"] += 1
         counts[summary["status"]] += 1
         counts["undecided"] += summary["undecided"]
+        if summary["undecided"]:
+            undecided.append(summary["seed"])
         counts["reference missed"] += summary["missed"]
         seconds_reference += summary["seconds_reference"]
         seconds_envbuild += summary["seconds_envbuild"]
@@ -201,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind, found in failing.items():
         if found:
             print(f"{kind}: {' '.join(str(s) for s in sorted(found))}")
+    if undecided:
+        print(f"undecided (not failed): {' '.join(str(s) for s in sorted(undecided))}")
     return 1 if any(failing.values()) else 0
 
 

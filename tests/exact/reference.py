@@ -19,8 +19,11 @@ under ``allow-platform-divergence`` is pinned per platform instead. Every target
 with each assignment (identical requests are solved once), and the targets' solutions form a
 candidate lock, kept when ``invariant.violations`` finds nothing. When the solutions bring
 up names not pinned yet, the product is enumerated again with them. A product larger than
-``max_combinations`` stops the search: the result is then *partial*, and with no candidate
-at all the case is *undecided*.
+``max_combinations`` ends the search after one last, smaller product: the names the targets
+disagree on when solved alone first, then as many others as fit. The result is then
+*partial* (its candidates still count; the Pareto set may miss some), and with no candidate
+at all the case is *undecided*. Pins are applied to a target only for names its dependency
+closure can reach (a constraint on a name it cannot install changes nothing).
 
 What the reference claims. Every candidate is a lock that raw rattler builds and that passes
 the independent checker, so (a) refusing a case with a candidate is a false refusal, and (b)
@@ -44,7 +47,7 @@ import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import combinations, product
 from pathlib import Path
 
 from rattler import BuildString, Gateway, GenericVirtualPackage, PackageName, Version, solve
@@ -331,6 +334,21 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
 
     judged: set[tuple[int, ...]] = set()
 
+    def _disagreeing(lock: Mapping[TargetKey, object]) -> set[str]:
+        """Names whose versions differ between targets that must share them."""
+        found: set[str] = set()
+        for first, second in combinations(sorted(lock), 2):
+            a, b = lock[first], lock[second]
+            if not isinstance(a, dict) or not isinstance(b, dict):
+                continue
+            for name in a.keys() & b.keys():
+                crossing = first[1] != second[1] and name in divergent
+                if name in universe.runtime or crossing:
+                    continue
+                if Version(a[name].version) != Version(b[name].version):
+                    found.add(name)
+        return found
+
     def consider(solutions: Sequence[dict[str, Rec] | str]) -> None:
         if any(isinstance(s, str) for s in solutions):
             return
@@ -346,7 +364,7 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
 
     consider(alone)
     pinned: set[str] = set()
-    combinations = 0
+    assignments_tried = 0
     status = "complete"
     while True:
         slots: list[tuple[str, str | None, list[str]]] = []  # (name, platform or None, versions)
@@ -366,9 +384,17 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
             break
         total = math.prod(len(s[2]) for s in slots)
         if total > max_combinations:
+            # Too many: pin the names the targets disagree on first, then as many others as
+            # the budget allows, once; what this finds still counts, the frontier may not.
             status = "partial"
-            break
-        pinned |= slot_names
+            first = _disagreeing(dict(zip((r.key for r in requests), alone, strict=True)))
+            chosen, size = [], 1
+            for slot in sorted(slots, key=lambda s: (s[0] not in first, s[0], s[1] or "")):
+                if size * len(slot[2]) <= max_combinations:
+                    chosen.append(slot)
+                    size *= len(slot[2])
+            slots = chosen
+        pinned |= {s[0] for s in slots}
         assignments = []
         for choice in product(*(s[2] for s in slots)):
             assignments.append(
@@ -384,7 +410,7 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
                     for request in requests
                 ]
             )
-        combinations += len(assignments)
+        assignments_tried += len(assignments)
         await solver.solve_all(
             (request, pins)
             for per_target in assignments
@@ -392,6 +418,8 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
         )
         for per_target in assignments:
             consider([solver.cached(r, p) for r, p in zip(requests, per_target, strict=True)])
+        if status == "partial":
+            break
     found = list(candidates.values())
     return Reference(
         status,
@@ -399,7 +427,7 @@ async def _reference(case: Case, channel: str, max_combinations: int) -> Referen
         candidates=found,
         pareto=pareto(found),
         solves=solver.solves,
-        combinations=combinations,
+        combinations=assignments_tried,
         pinned=tuple(sorted(pinned)),
     )
 
