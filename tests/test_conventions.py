@@ -101,3 +101,49 @@ def test_run_executes_the_command_never_options_of_the_shell(locked: Path, tmp_p
     assert ran.returncode == 0 and ran.stdout == "hi\n"
     nothing = console("run", "--role", "worker", "-p", prefix, "-f", locked)
     assert nothing.returncode == 2 and "name a command to run after --" in nothing.stderr
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_live_on_a_terminal_short_when_piped_and_absent_when_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from envbuild.cli import progress
+
+    terminal = _Stream(tty=True)
+    update = progress.bar("checking", stream=terminal)  # type: ignore[arg-type]
+    assert update is not None
+    for done in range(1, 4):
+        update(done, 3)
+    assert terminal.text == "\r  checking: 1/3\r  checking: 2/3\r  checking: 3/3\n"
+
+    clock = iter([0.0, 0.1, 0.2, 0.3])  # quick work, piped: nothing at all
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    piped = _Stream(tty=False)
+    quick = progress.bar("checking", stream=piped)  # type: ignore[arg-type]
+    assert quick is not None
+    for done in range(1, 4):
+        quick(done, 3)
+    assert piped.text == ""
+
+    clock = iter([0.0, 3.0, 6.0, 7.0])  # slow work, piped: a line every 5 s and the last
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    slow = progress.bar("checking", stream=piped)  # type: ignore[arg-type]
+    assert slow is not None
+    for done in range(1, 4):
+        slow(done, 3)
+    assert piped.text == "  checking: 2/3 (6.0 s)\n  checking: 3/3 (7.0 s)\n"
+    assert progress.bar("checking", quiet=True) is None

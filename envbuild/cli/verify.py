@@ -11,6 +11,7 @@ from envbuild.cli.app import (
     LockOption,
     PlatformOption,
     PrefixOption,
+    QuietOption,
     RequiredRole,
     SpecOption,
     app,
@@ -43,6 +44,7 @@ def verify(
         ),
     ] = False,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
     spec_path: SpecOption = None,
     lock_path: LockOption = None,
 ) -> None:
@@ -50,6 +52,7 @@ def verify(
 
     When it does not, the command that repairs it is printed.
     """
+    from envbuild.cli.progress import bar
     from envbuild.env.create import role_environment
     from envbuild.env.verify import mismatch_error, require_environment, verify_prefix
     from envbuild.lock import locking
@@ -57,10 +60,11 @@ def verify(
     used = locking.locate(spec_path, lock_path)
     target, prefix = role_environment(used.lock, used.path, role, platform, prefix)
     require_environment(prefix, role)
-    report = verify_prefix(target, prefix, files=files, stamp=not no_stamp)
+    progress = bar("checking files of packages", quiet=as_json or quiet)
+    report = verify_prefix(target, prefix, files=files, stamp=not no_stamp, progress=progress)
     if as_json:
         print_json(report.to_dict())
-    elif report.clean:
+    elif report.clean and not quiet:
         print(f"{prefix} matches {target.target} ({len(target.packages)} packages)")
     if not report.clean:
         raise mismatch_error(report, role, prefix, platform, spec_path, lock_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -191,12 +191,19 @@ def _file_problem(prefix: Path, entry: Mapping[str, Any]) -> str | None:
     return None if actual == expected else "was modified"
 
 
-def _file_problems(prefix: Path, records: Iterable[Mapping[str, Any]]) -> list[FileProblem]:
+def _file_problems(
+    prefix: Path,
+    records: Iterable[Mapping[str, Any]],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[FileProblem]:
     """Files a package installed that are gone, replaced by something else, or changed.
     Non-regular files (FIFOs, devices, folders, links where files belong) are reported, never
-    read."""
+    read. ``progress`` hears (packages done, packages) after each package."""
     problems = []
-    for record in records:
+    listed = list(records)
+    for done, record in enumerate(listed, 1):
+        if progress is not None:
+            progress(done, len(listed))
         paths = (record.get("paths_data") or {}).get("paths", [])
         for entry in paths if isinstance(paths, list) else []:
             if not isinstance(entry, dict) or not isinstance(entry.get("_path"), str):
@@ -208,9 +215,15 @@ def _file_problems(prefix: Path, records: Iterable[Mapping[str, Any]]) -> list[F
 
 
 def verify_prefix(
-    target: LockedTarget, prefix: Path, *, files: bool = False, stamp: bool = True
+    target: LockedTarget,
+    prefix: Path,
+    *,
+    files: bool = False,
+    stamp: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Compare ``prefix`` with a locked target (``files``: also check every installed file)."""
+    """Compare ``prefix`` with a locked target (``files``: also check every installed file,
+    telling ``progress`` how many packages are done)."""
     if not (prefix / "conda-meta").is_dir():
         raise PrefixMismatchError(f"{prefix} is not a conda environment (no conda-meta/)")
     installed = installed_records(prefix)
@@ -223,7 +236,7 @@ def verify_prefix(
         else:
             ok = found.get("packages") == fingerprint(target.packages)
             stamp_state = "ok" if ok else "stale"
-    file_problems = _file_problems(prefix, installed.values()) if files else []
+    file_problems = _file_problems(prefix, installed.values(), progress) if files else []
     return VerifyReport(
         prefix=prefix,
         target=str(target.target),
