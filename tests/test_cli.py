@@ -61,8 +61,8 @@ def test_show_explains_roles_targets_and_differences(
 
     assert text[0].startswith("dask-gpu  (sha256:") and text[0].endswith("matches the spec")
     assert (
-        "  worker     cuda-12.4  linux-64             GPU: CUDA 12.4, compute capability >=8.0"
-        in text
+        "  worker     cuda-12.4  linux-64 (x86_64)                    "
+        "GPU: CUDA 12.4, compute capability >=8.0" in text
     )
     assert "  cuda-12.4/linux-64  21 packages" in text
     cupy = next(line for line in text if " cupy " in line)

@@ -116,10 +116,19 @@ def test_the_images_commands_and_gpus_come_from_the_lock() -> None:
     ]
     assert worker["resources"] == {"limits": {"nvidia.com/gpu": "1"}}  # a string quantity
     assert document["spec"]["worker"]["replicas"] == 4
-    # A CPU scheduler asks for no GPU and may land anywhere.
+    # A CPU scheduler asks for no GPU and may land on any node of its images' architecture.
     cpu = cluster(cpu_scheduler(lock))["spec"]["scheduler"]["spec"]
-    assert "resources" not in cpu["containers"][0]
-    assert "affinity" not in cpu and "tolerations" not in cpu
+    assert "resources" not in cpu["containers"][0] and "tolerations" not in cpu
+    assert cpu["affinity"] == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In",
+                                           "values": ["amd64"]}]}
+                ]
+            }
+        }
+    }  # fmt: skip
 
 
 # --- the operator's CRD schema, and Kubernetes' own -------------------------------------------
@@ -218,12 +227,13 @@ def test_pods_and_service_validate_as_kubernetes_kinds_strictly() -> None:
 # --- node affinity against GPU Feature Discovery labels ---------------------------------------
 
 
-def gfd(major: int, minor: int, driver: str, cuda: str) -> dict[str, str]:
+def gfd(major: int, minor: int, driver: str, cuda: str, arch: str = "amd64") -> dict[str, str]:
     """The labels GPU Feature Discovery sets on a node (the ones affinity can use)."""
     runtime_major, runtime_minor = cuda.split(".")
     driver_major, driver_minor, *_ = driver.split(".")
     return {
         "kubernetes.io/hostname": "node",
+        "kubernetes.io/arch": arch,
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.compute.major": str(major),
         "nvidia.com/gpu.compute.minor": str(minor),
@@ -241,7 +251,8 @@ NODES = {
     "A10 (8.6), driver 550": gfd(8, 6, "550.90.07", "12.4"),
     "H200 (9.0), driver 580": gfd(9, 0, "580.159.04", "13.0"),
     "H200 (9.0), driver 520": gfd(9, 0, "520.61.05", "11.8"),
-    "no GFD labels": {"kubernetes.io/hostname": "cpu-node"},
+    "GH200 (9.0, arm64), driver 580": gfd(9, 0, "580.159.04", "13.0", arch="arm64"),
+    "no GFD labels": {"kubernetes.io/hostname": "cpu-node", "kubernetes.io/arch": "amd64"},
     "driver labels, no compute capability": {
         k: v for k, v in gfd(8, 0, "550.54.15", "12.4").items() if ".compute." not in k
     },
@@ -307,6 +318,8 @@ def test_each_role_lands_only_where_its_gpu_check_passes(node: str) -> None:
         assert locked.cuda
         affinity = document["spec"][role]["spec"]["affinity"]
         expected = gpu_check_passes(locked.compute_capability, locked.cuda, labels)
+        # the images are linux-64 only in this lock: an arm64 node cannot run them
+        expected = expected and labels["kubernetes.io/arch"] == "amd64"
         assert schedulable(affinity, labels) == expected, (role, node)
     # the table holds both answers for both roles (scheduler >=7.5, worker >=8.0, CUDA 12.4)
     landed = {
@@ -321,6 +334,7 @@ def test_each_role_lands_only_where_its_gpu_check_passes(node: str) -> None:
     assert landed["A100 (8.0), driver 550"] == ["scheduler", "worker"]
     assert landed["A100 (8.0), driver 470"] == []  # CUDA 12.4 needs driver >= 525
     assert landed["H200 (9.0), driver 580"] == ["scheduler", "worker"]
+    assert landed["GH200 (9.0, arm64), driver 580"] == []  # amd64 images
     assert landed["no GFD labels"] == []
 
 
@@ -333,6 +347,20 @@ def test_ranges_on_the_node_table(requirement: str | None, cuda: str) -> None:
     affinity = deploy.gpu_affinity(requirement, cuda)
     for node, labels in NODES.items():
         assert schedulable(affinity, labels) == gpu_check_passes(requirement, cuda, labels), node
+
+
+def test_a_role_of_two_architectures_may_land_on_either_and_one_of_one_only_there() -> None:
+    lock = golden_lock()
+    both = tuple(
+        dataclasses.replace(r, platforms=("linux-64", "linux-aarch64")) if r.name == "worker" else r
+        for r in lock.roles
+    )
+    document = cluster(dataclasses.replace(lock, roles=both))
+    worker = document["spec"]["worker"]["spec"]["affinity"]
+    scheduler = document["spec"]["scheduler"]["spec"]["affinity"]
+    h200, gh200 = NODES["H200 (9.0), driver 580"], NODES["GH200 (9.0, arm64), driver 580"]
+    assert schedulable(worker, h200) and schedulable(worker, gh200)  # an index of both
+    assert schedulable(scheduler, h200) and not schedulable(scheduler, gh200)
 
 
 _clause = st.tuples(

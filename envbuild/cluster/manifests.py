@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,18 +130,47 @@ class Sizing:
         return threads_for(self.cpu) if self.cpu else None
 
 
+#: Conda's Linux platforms as Kubernetes names their architectures (kubernetes.io/arch).
+NODE_ARCHITECTURES = {"linux-64": "amd64", "linux-aarch64": "arm64", "linux-ppc64le": "ppc64le"}
+ARCH = "kubernetes.io/arch"
+
+
+def role_architectures(platforms: Sequence[str]) -> list[str]:
+    """The node architectures a role's images run on (its Linux platforms)."""
+    return sorted({NODE_ARCHITECTURES[p] for p in platforms if p in NODE_ARCHITECTURES})
+
+
+def _with_architecture(affinity: dict[str, Any], architectures: Sequence[str]) -> dict[str, Any]:
+    """``affinity`` that also requires one of ``architectures`` (every term gets it). Only a
+    role locked for a single architecture needs it: an image of several is an index, and
+    each node pulls its own."""
+    if len(architectures) != 1:
+        return affinity
+    arch = {"key": ARCH, "operator": "In", "values": list(architectures)}
+    if not affinity:
+        terms = [{"matchExpressions": [arch]}]
+        required = {"nodeSelectorTerms": terms}
+        return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    required = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    for term in required["nodeSelectorTerms"]:
+        term["matchExpressions"].append(arch)
+    return affinity
+
+
 def _pod_parts(
     lock: Lock, role: str, sizing: Sizing
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """resources, affinity and tolerations of a role's pod ({} and [] for a CPU role)."""
     locked = lock.role(role)
+    architectures = role_architectures(locked.platforms)
     asked = {k: v for k, v in (("cpu", sizing.cpu), ("memory", sizing.memory)) if v}
     resources: dict[str, Any] = {"limits": dict(asked), "requests": dict(asked)} if asked else {}
     if not locked.cuda:
-        return resources, {}, []
+        return resources, _with_architecture({}, architectures), []
     resources.setdefault("limits", {})[GPU_RESOURCE] = str(max(locked.gpus, 1))
     tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    return resources, gpu_affinity(locked.compute_capability, locked.cuda), tolerations
+    affinity = gpu_affinity(locked.compute_capability, locked.cuda)
+    return resources, _with_architecture(affinity, architectures), tolerations
 
 
 def _worker_args(sizing: Sizing) -> list[str]:
@@ -218,6 +247,7 @@ def _operator_pod(
     pod: dict[str, Any] = {"containers": [container]}
     if affinity:
         pod["affinity"] = affinity
+    if tolerations:
         pod["tolerations"] = tolerations
     return pod
 

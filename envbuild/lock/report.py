@@ -6,6 +6,7 @@ from typing import Any
 
 from envbuild.lock.consistency import variant_differences
 from envbuild.lock.lockfile import Lock
+from envbuild.spec.platforms import PLATFORMS
 
 
 def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict[str, Any]:
@@ -25,6 +26,7 @@ def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict
                 "role": role.name,
                 "variant": role.variant,
                 "platforms": list(role.platforms),
+                "architectures": list(dict.fromkeys(PLATFORMS[p][1] for p in role.platforms)),
                 "cuda": role.cuda,
                 "compute-capability": role.compute_capability,
                 "gpus": role.gpus,
@@ -75,7 +77,8 @@ def render(summary: dict[str, Any]) -> str:
                 gpu += f", compute capability {role['compute-capability']}"
             if role["gpus"] > 1:
                 gpu += f", {role['gpus']} GPUs"
-        role_rows.append([role["role"], role["variant"], ", ".join(role["platforms"]), gpu])
+        where = f"{', '.join(role['platforms'])} ({', '.join(role['architectures'])})"
+        role_rows.append([role["role"], role["variant"], where, gpu])
     lines += _table(role_rows)
     lines.append("targets:")
     lines += _table([[t["target"], f"{t['packages']} packages"] for t in summary["targets"]])
