@@ -372,7 +372,10 @@ def _cuda_runtime_and_cupy(
 
 
 def dask_metapackage(version: str) -> Package:
-    """``dask``: dask-core, distributed and the array and dataframe stack, as conda-forge's."""
+    """``dask``: dask-core, distributed and the array and dataframe stack, as conda-forge's.
+
+    Its one file is a note outside site-packages: a package without files would get the
+    channel writer's stub ``dask/__init__.py``, which clobbers dask-core's."""
     return Package(
         name="dask",
         version=version,
@@ -385,6 +388,11 @@ def dask_metapackage(version: str) -> Package:
             "numpy >=1.24",
             "pandas >=2.0",
         ),
+        files={
+            "share/envbuild-runnable/dask.txt": (
+                f"dask {version}: a metapackage; Dask itself is in dask-core.\n"
+            )
+        },
         archive="conda",
     )
 
