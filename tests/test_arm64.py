@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.testing import docker, nvml
+from envbuild.testing import debian, docker, nvml
 
 from .conftest import REPO, lock_document, require, target_packages
 from .test_alignment import assert_invariant, exported
@@ -258,3 +258,25 @@ def test_the_gpu_check_of_the_arm64_worker_accepts_a_gh200_and_refuses_an_a100(
     x86 = check(nvml.build(tmp_path / "x86").parent, "NVIDIA GH200 480GB", "9.0")
     assert x86.returncode == 20, x86.stdout + x86.stderr
     assert "no NVIDIA driver found" in x86.stdout + x86.stderr
+
+
+def test_a_damaged_arm64_python_deb_is_one_line_and_leaves_no_channel(
+    runnable_channel: Path, tmp_path: Path
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "channel"
+    shutil.copytree(REPO / "build" / "cache" / "runnable" / "wheels", cache / "wheels")
+    victim = next(d for d in debian.pinned_debs() if d.package == "libpython3.11-stdlib")
+    (cache / "wheels" / victim.file_name).write_bytes(b"!<arch>\nnot a deb")
+    done = subprocess.run(
+        [sys.executable, "-m", "envbuild.testing.runnable", str(out), "--offline"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ENVBUILD_RUNNABLE_CACHE": str(cache)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"envbuild runnable channel: error: Debian package cache {cache / 'wheels'}: "
+        f"{victim.file_name} is damaged (1 of {len(debian.pinned_debs())} to fetch) and "
+        "fetching is off; run once with access to Debian's mirror"
+    ]
+    assert not out.exists() and not list(cache.glob("channel-*"))
