@@ -101,6 +101,17 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_the_arm64_root_has_what_its_unrun_scripts_would_have_made(rootfs: Path) -> None:
+    # Unpacked without running maintainer scripts (no Arm machine, no binfmt): the users and
+    # the CA bundle, which a Python image needs, are made without them.
+    assert (rootfs / "etc" / "passwd").read_text().startswith("root:*:0:0:root:/root:")
+    assert "root:*:0:" in (rootfs / "etc" / "group").read_text()
+    bundle = (rootfs / "etc" / "ssl" / "certs" / "ca-certificates.crt").read_text()
+    assert bundle.count("-----BEGIN CERTIFICATE-----") > 100
+    assert (rootfs / "lib").readlink() == Path("usr/lib")  # merged /usr, as on Debian
+    assert (rootfs / "usr" / "lib" / "ld-linux-aarch64.so.1").exists()
+
+
 def arm64(rootfs: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The environment's arm64 python, run under qemu-user over ``rootfs``."""
     return subprocess.run(

@@ -198,10 +198,13 @@ def arm64_base_tar(cache: Path) -> Path:
 
     ``debootstrap --foreign`` runs only its first stage here (it downloads every package and
     unpacks the required ones); the rest are unpacked here as dpkg would. No maintainer
-    script runs (that would need an arm64 machine or binfmt): enough for a root that
-    ``qemu-aarch64-static -L`` loads libraries from, or an image base that only provides them.
+    script runs (that would need an arm64 machine or binfmt); of what they make, the two a
+    Python image needs are made here (``_configure_unrun``). Enough for a root that
+    ``qemu-aarch64-static -L`` loads libraries from, or an image base that provides them;
+    unlike ``base_tar``'s, it has no ld.so.cache (the loader searches the multiarch folders),
+    no /etc/alternatives, no shadow files and no /etc files that base-files' script copies.
     """
-    key = hashlib.sha256(" ".join((*BASE_PACKAGES, MIRROR, "arm64", "1")).encode()).hexdigest()
+    key = hashlib.sha256(" ".join((*BASE_PACKAGES, MIRROR, "arm64", "2")).encode()).hexdigest()
     path = cache / f"base-bookworm-arm64-{key[:12]}.tar"
     if path.is_file():
         return path
@@ -235,6 +238,7 @@ def arm64_base_tar(cache: Path) -> Path:
                 ["tar", "-x", "--keep-directory-symlink", "-C", str(root)], input=data, check=True
             )
         shutil.rmtree(root / "debootstrap", ignore_errors=True)
+        _configure_unrun(root)
         for part in TRIMMED:
             shutil.rmtree(root / part, ignore_errors=True)
         staged = Path(tmp) / "base.tar"
@@ -256,6 +260,19 @@ def arm64_base_tar(cache: Path) -> Path:
         )
         staged.replace(path)
     return path
+
+
+def _configure_unrun(root: Path) -> None:
+    """What two maintainer scripts would have made in an unpacked root: users and groups
+    (base-passwd's masters; passwords ``*``, no shadow file) and the CA bundle
+    (update-ca-certificates' concatenation, byte-identical to the amd64 base's)."""
+    for name in ("passwd", "group"):
+        if not (root / "etc" / name).exists():
+            shutil.copyfile(root / "usr/share/base-passwd" / f"{name}.master", root / "etc" / name)
+    certificates = sorted((root / "usr/share/ca-certificates").rglob("*.crt"))
+    bundle = b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certificates)
+    (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
+    (root / "etc/ssl/certs/ca-certificates.crt").write_bytes(bundle)
 
 
 def import_base(host: str, tar: Path, reference: str = BASE_REFERENCE) -> str:
