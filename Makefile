@@ -21,7 +21,11 @@ VENV_DEBS := $(shell $(PYTHON) -c 'import ensurepip' 2>/dev/null || echo python3
 # docker.io, debootstrap, docker-registry: the image tests start an engine, a base image and a
 # registry of their own (the demo uses them when it can, and says what it skipped otherwise).
 CONTAINER_DEBS := docker.io debootstrap docker-registry
-TEST_DEBS := $(VENV_DEBS) gcc libc6-dev python3.11 $(CONTAINER_DEBS)
+# qemu-user-static, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross (its headers; only recommended,
+# so not installed with it here): the arm64 tests run the linux-aarch64 python under
+# qemu-user (no binfmt, no Arm machine) and cross-compile the fake NVML for it.
+ARM64_DEBS := qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+TEST_DEBS := $(VENV_DEBS) gcc libc6-dev python3.11 $(CONTAINER_DEBS) $(ARM64_DEBS)
 DEMO_DEBS := $(VENV_DEBS) python3.11
 
 $(STAMP): pyproject.toml

@@ -126,7 +126,7 @@ def test_the_channel_is_byte_reproducible(runnable_channel: Path, tmp_path: Path
 
     first, second = digests(runnable_channel), digests(again)
     assert first == second
-    assert len([f for f in first if f.endswith(".conda")]) == 47
+    assert len([f for f in first if f.endswith(".conda")]) == 61
 
 
 def test_role_environments_run_python_and_the_dask_stack(

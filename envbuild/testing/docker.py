@@ -7,6 +7,8 @@ base image).
 - ``base_image()``: a minimal Debian bookworm made with ``debootstrap`` (with the libraries
   the runnable channel's python loads), trimmed and tarred reproducibly (sorted, mtime 0),
   cached, and imported into the engine.
+- ``arm64_base_tar()``: the same base for arm64, made here without emulation (for the arm64
+  tests, which run its libraries under qemu-user, and arm64 images).
 - ``registry()``: Debian's ``docker-registry`` on 127.0.0.1 (Docker treats loopback
   registries as insecure: no TLS needed), stopped by PID.
 """
@@ -188,6 +190,89 @@ def base_tar(cache: Path) -> Path:
         )
         staged.replace(path)
     return path
+
+
+def arm64_base_tar(cache: Path) -> Path:
+    """The base for arm64 as a reproducible tar, cached: the same Debian bookworm minbase and
+    BASE_PACKAGES as ``base_tar``, for arm64, made on this x86 machine without emulation.
+
+    ``debootstrap --foreign`` runs only its first stage here (it downloads every package and
+    unpacks the required ones); the rest are unpacked here as dpkg would. No maintainer
+    script runs (that would need an arm64 machine or binfmt); of what they make, the two a
+    Python image needs are made here (``_configure_unrun``). Enough for a root that
+    ``qemu-aarch64-static -L`` loads libraries from, or an image base that provides them;
+    unlike ``base_tar``'s, it has no ld.so.cache (the loader searches the multiarch folders),
+    no /etc/alternatives, no shadow files and no /etc files that base-files' script copies.
+    """
+    key = hashlib.sha256(" ".join((*BASE_PACKAGES, MIRROR, "arm64", "2")).encode()).hexdigest()
+    path = cache / f"base-bookworm-arm64-{key[:12]}.tar"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".rootfs-arm64-") as tmp:
+        root = Path(tmp) / "root"
+        done = subprocess.run(
+            [
+                "debootstrap",
+                "--arch=arm64",
+                "--foreign",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                "bookworm",
+                str(root),
+                MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            last = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            raise SetupError(f"debootstrap --arch=arm64 --foreign failed: {' | '.join(last)}")
+        for deb in sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb")):
+            # As dpkg unpacks: through the merged-/usr links (/lib -> usr/lib), not over them.
+            data = subprocess.run(
+                ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True
+            ).stdout
+            subprocess.run(
+                ["tar", "-x", "--keep-directory-symlink", "-C", str(root)], input=data, check=True
+            )
+        shutil.rmtree(root / "debootstrap", ignore_errors=True)
+        _configure_unrun(root)
+        for part in TRIMMED:
+            shutil.rmtree(root / part, ignore_errors=True)
+        staged = Path(tmp) / "base.tar"
+        subprocess.run(
+            [
+                "tar",
+                "-C",
+                str(root),
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+                str(staged),
+                ".",
+            ],
+            check=True,
+        )
+        staged.replace(path)
+    return path
+
+
+def _configure_unrun(root: Path) -> None:
+    """What two maintainer scripts would have made in an unpacked root: users and groups
+    (base-passwd's masters; passwords ``*``, no shadow file) and the CA bundle
+    (update-ca-certificates' concatenation, byte-identical to the amd64 base's)."""
+    for name in ("passwd", "group"):
+        if not (root / "etc" / name).exists():
+            shutil.copyfile(root / "usr/share/base-passwd" / f"{name}.master", root / "etc" / name)
+    certificates = sorted((root / "usr/share/ca-certificates").rglob("*.crt"))
+    bundle = b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certificates)
+    (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
+    (root / "etc/ssl/certs/ca-certificates.crt").write_bytes(bundle)
 
 
 def import_base(host: str, tar: Path, reference: str = BASE_REFERENCE) -> str:

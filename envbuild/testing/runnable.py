@@ -1,19 +1,21 @@
-"""A channel whose linux-64 packages run, made offline from real artifacts.
+"""A channel whose linux-64 and linux-aarch64 packages run, made offline from real artifacts.
 
 - ``python`` 3.11: Debian's ``python3.11`` binary and standard library, relocated. The binary
   finds its home from its own location; Debian's ``site`` looks in ``dist-packages``, so the
   package adds a ``.pth`` there that makes ``lib/python3.11/site-packages`` a site directory,
   as in every conda Python. Native libraries its extension modules load (libssl, libffi,
   libsqlite3, ...) come from the system: the host, or the image's base. ``python_abi``
-  pins it the way conda-forge does.
+  pins it the way conda-forge does. linux-64's is the one installed on this machine;
+  linux-aarch64's is the same Debian python for arm64, read from the ``.deb`` files pinned in
+  ``debian.tsv`` (never installed, never run here: it runs under qemu-user in the tests).
 - Dask, distributed, numpy, pandas and their whole closure, from the PyPI wheels pinned in
   ``wheels.tsv``: pure wheels as ``noarch: python`` packages (console scripts as conda entry
   points), compiled ones per subdir and python. ``depends`` come from the wheels'
   Requires-Dist; names follow conda-forge (PyPI ``dask`` is ``dask-core``; ``dask`` is a
-  metapackage).
+  metapackage). linux-aarch64 has the same versions as linux-64, from the aarch64 wheels.
 - CUDA as conda-forge shapes it: ``cuda-version`` 11.8 and 12.4 (constraining ``__cuda``),
   ``cuda-cudart`` from NVIDIA's runtime wheels, and ``cupy`` built per CUDA major from CuPy's
-  wheels (they import on a machine without a GPU).
+  wheels (they import on a machine without a GPU), for linux-64 and linux-aarch64.
 - osx-arm64 holds the same versions (from macOS wheels where they exist) so that a macOS
   client locks; its ``python`` is a stub: no macOS interpreter can be made here, and this
   builder says so.
@@ -21,6 +23,7 @@
 Python files are compiled to ``__pycache__`` (unchecked-hash pycs: reproducible, and no
 container start compiles Dask again). Archives are ``.conda`` and byte-reproducible: the same
 wheels and the same Debian python give the same sha256, so the same lock on every machine.
+Wheels and ``.deb`` files are fetched once (pip, Debian's mirror) into one download cache.
 The channel is built once per distinct input into a cache and copied (hard links) to where
 it is asked for; a failed build leaves nothing behind.
 
@@ -41,13 +44,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from envbuild.testing import wheels
+from envbuild.testing import debian, wheels
 from envbuild.testing.channel import File, Package, Payload, Symlink, write_channel
 
 PYTHON = "3.11"
 PY = "py311"
 SITE = f"lib/python{PYTHON}/site-packages"
-SUBDIRS = ("linux-64", "osx-arm64", "noarch")
+SUBDIRS = ("linux-64", "linux-aarch64", "osx-arm64", "noarch")
+#: Subdirs whose packages run (their pure Python is compiled; CUDA exists there).
+LINUX = ("linux-64", "linux-aarch64")
 #: PyPI name -> conda-forge name, where they differ.
 CONDA_NAMES = {
     "dask": "dask-core",
@@ -68,6 +73,8 @@ DEBIAN_STDLIB = Path("/usr/lib/python3.11")
 #: Top-level parts of Debian's standard library a runtime does not need (the static library
 #: for building extensions, the test suite, IDLE, and a link into /etc).
 STDLIB_LEFT_OUT = ("config-3.11-x86_64-linux-gnu", "test", "idlelib", "sitecustomize.py")
+#: The same for arm64 (its static library folder has the aarch64 triplet).
+ARM64_STDLIB_LEFT_OUT = ("config-3.11-aarch64-linux-gnu", *STDLIB_LEFT_OUT[1:])
 SITE_PTH = (
     'import os, site, sys; site.addsitedir(os.path.join(sys.prefix, "lib", '
     '"python%d.%d" % sys.version_info[:2], "site-packages"))\n'
@@ -135,8 +142,55 @@ def _stdlib() -> dict[str, Payload]:
     return files
 
 
-def python_packages(python: DebianPython) -> list[Package]:
-    """``python`` for linux-64 (Debian's, relocated) and osx-arm64 (a stub), ``python_abi``."""
+@dataclass(frozen=True)
+class Arm64Python:
+    """Debian's CPython for arm64, as its pinned .debs hold it."""
+
+    version: str  # 3.11.2
+    build: str  # the conda build string
+    files: dict[str, Payload]  # the payload, uncompiled
+
+
+def arm64_python(debs: list[debian.PinnedDeb], paths: Mapping[str, Path]) -> Arm64Python:
+    """The arm64 python3.11 binary and standard library, from the pinned .debs."""
+    binary = f"usr/bin/python{PYTHON}"
+    stdlib = f"usr/lib/python{PYTHON}/"
+    files: dict[str, Payload] = {}
+    for deb in debs:
+        for path, item in debian.read_deb(paths[deb.file_name]).items():
+            if path == binary and isinstance(item, File):
+                files[f"bin/python{PYTHON}"] = File(item.data, True)
+                continue
+            if not path.startswith(stdlib):
+                continue
+            relative = path.removeprefix(stdlib)
+            parts = relative.split("/")
+            if parts[0] in ARM64_STDLIB_LEFT_OUT or "__pycache__" in parts:
+                continue
+            if isinstance(item, Symlink) and item.target.startswith("/"):
+                continue
+            files[f"lib/python{PYTHON}/{relative}"] = item
+    if f"bin/python{PYTHON}" not in files or f"lib/python{PYTHON}/os.py" not in files:
+        raise RunnableChannelError(
+            f"the pinned .debs ({debian.DEB_LIST.name}) hold no python{PYTHON} binary or no "
+            "standard library"
+        )
+    upstream = {d.version.split("-")[0] for d in debs if d.package.startswith("python3.11")}
+    if len(upstream) != 1:
+        raise RunnableChannelError(f"{debian.DEB_LIST.name}: python3.11 versions {upstream}")
+    build = _build_hash("python", "linux-aarch64", *(d.sha256 for d in debs))
+    return Arm64Python(upstream.pop(), f"h{build}_0_cpython", files)
+
+
+def python_packages(python: DebianPython, arm64: Arm64Python) -> list[Package]:
+    """``python`` for linux-64 (Debian's, relocated), linux-aarch64 (Debian's arm64 one,
+    relocated) and osx-arm64 (a stub), ``python_abi``."""
+    if arm64.version != python.version:
+        raise RunnableChannelError(
+            f"this machine's python3.11 is {python.version} but the pinned arm64 one is "
+            f"{arm64.version}: a lock needs one python version on every platform; pin the "
+            f"arm64 .debs of {python.debian_version} in {debian.DEB_LIST.name}"
+        )
     build = f"h{_build_hash('python', python.debian_version)}_0_cpython"
     linux: dict[str, Payload] = {
         f"bin/python{PYTHON}": File(DEBIAN_PYTHON.read_bytes(), True),
@@ -144,6 +198,12 @@ def python_packages(python: DebianPython) -> list[Package]:
         "bin/python": Symlink(f"python{PYTHON}"),
         f"lib/python{PYTHON}/dist-packages/conda-site-packages.pth": SITE_PTH,
         **_stdlib(),
+    }
+    aarch64: dict[str, Payload] = {
+        "bin/python3": Symlink(f"python{PYTHON}"),
+        "bin/python": Symlink(f"python{PYTHON}"),
+        f"lib/python{PYTHON}/dist-packages/conda-site-packages.pth": SITE_PTH,
+        **arm64.files,
     }
     stub = {
         "share/envbuild-runnable/python-osx-arm64.txt": (
@@ -153,12 +213,16 @@ def python_packages(python: DebianPython) -> list[Package]:
         )
     }
     packages = []
-    for subdir, files in (("linux-64", compile_python(linux)), ("osx-arm64", stub)):
+    for subdir, files, built in (
+        ("linux-64", compile_python(linux), build),
+        ("linux-aarch64", compile_python(aarch64), arm64.build),
+        ("osx-arm64", stub, build),
+    ):
         packages.append(
             Package(
                 name="python",
                 version=python.version,
-                build=build,
+                build=built,
                 subdir=subdir,
                 license="Python-2.0",
                 constrains=(f"python_abi {PYTHON}.* *_cp311",),
@@ -249,18 +313,18 @@ def wheel_package(
         build=f"{PY}{build_tag}h{built}_0",
         subdir=subdir,
         depends=tuple(sorted({*_python_pins(), *depends, *extra_depends})),
-        files=compile_python(files) if subdir == "linux-64" else files,
+        files=compile_python(files) if subdir in LINUX else files,
         archive="conda",
     )
 
 
 def cuda_packages(
-    pinned: Mapping[str, wheels.PinnedWheel], paths: Mapping[str, Path]
+    pinned: Mapping[str, Mapping[str, wheels.PinnedWheel]], paths: Mapping[str, Path]
 ) -> Iterator[Package]:
     """cuda-version per CUDA minor, cuda-cudart from NVIDIA's runtime wheels, cupy per CUDA
-    major from CuPy's wheels: linux-64 only, as on conda-forge."""
-    for major, (cupy_wheel, runtime_wheel, cuda) in CUDA.items():
-        minor_next = f"{major}.{int(cuda.split('.')[1]) + 1}"
+    major from CuPy's wheels: for each subdir of ``pinned`` (subdir -> PyPI name -> wheel),
+    Linux ones only, as on conda-forge."""
+    for major, (_, _, cuda) in CUDA.items():
         yield Package(
             name="cuda-version",
             version=cuda,
@@ -271,6 +335,15 @@ def cuda_packages(
             constrains=(f"__cuda >={major}", f"cudatoolkit {cuda}|{cuda}.*"),
             archive="conda",
         )
+    for subdir, wheels_of_subdir in pinned.items():
+        yield from _cuda_runtime_and_cupy(wheels_of_subdir, paths, subdir)
+
+
+def _cuda_runtime_and_cupy(
+    pinned: Mapping[str, wheels.PinnedWheel], paths: Mapping[str, Path], subdir: str
+) -> Iterator[Package]:
+    for major, (cupy_wheel, runtime_wheel, cuda) in CUDA.items():
+        minor_next = f"{major}.{int(cuda.split('.')[1]) + 1}"
         runtime = pinned[runtime_wheel]
         content = wheels.read_wheel(paths[runtime.file_name])
         libraries = {
@@ -282,7 +355,7 @@ def cuda_packages(
             name="cuda-cudart",
             version=content.version,
             build=f"h{_build_hash('cuda-cudart', content.version, runtime.sha256)}_0",
-            subdir="linux-64",
+            subdir=subdir,
             depends=(f"cuda-version >={cuda},<{minor_next}.0a0",),
             license=NVIDIA_LICENSE,
             files=libraries,
@@ -292,14 +365,17 @@ def cuda_packages(
         yield wheel_package(
             cupy,
             paths[cupy.file_name],
-            subdir="linux-64",
+            subdir=subdir,
             extra_depends=(f"cuda-version >={major}.0,<{int(major) + 1}", "cuda-cudart"),
             build_tag=f"cuda{major}",
         )
 
 
 def dask_metapackage(version: str) -> Package:
-    """``dask``: dask-core, distributed and the array and dataframe stack, as conda-forge's."""
+    """``dask``: dask-core, distributed and the array and dataframe stack, as conda-forge's.
+
+    Its one file is a note outside site-packages: a package without files would get the
+    channel writer's stub ``dask/__init__.py``, which clobbers dask-core's."""
     return Package(
         name="dask",
         version=version,
@@ -312,16 +388,27 @@ def dask_metapackage(version: str) -> Package:
             "numpy >=1.24",
             "pandas >=2.0",
         ),
+        files={
+            "share/envbuild-runnable/dask.txt": (
+                f"dask {version}: a metapackage; Dask itself is in dask-core.\n"
+            )
+        },
         archive="conda",
     )
 
 
 def runnable_packages(
-    pinned: list[wheels.PinnedWheel], paths: Mapping[str, Path], python: DebianPython
+    pinned: list[wheels.PinnedWheel],
+    paths: Mapping[str, Path],
+    python: DebianPython,
+    arm64: Arm64Python,
 ) -> list[Package]:
     """Every package of the runnable channel."""
-    packages = python_packages(python)
-    by_name = {w.name: w for w in pinned if w.platform in ("any", "linux-64")}
+    packages = python_packages(python, arm64)
+    by_subdir = {
+        subdir: {w.name: w for w in pinned if w.platform in ("any", subdir)} for subdir in LINUX
+    }
+    by_name = by_subdir["linux-64"]
     cuda_names = {n for wheel_names in CUDA.values() for n in wheel_names[:2]}
     for wheel in pinned:
         if wheel.name in cuda_names:
@@ -329,7 +416,7 @@ def runnable_packages(
         subdirs = ["noarch"] if wheel.platform == "any" else [wheel.platform]
         for subdir in subdirs:
             packages.append(wheel_package(wheel, paths[wheel.file_name], subdir=subdir))
-    packages.extend(cuda_packages(by_name, paths))
+    packages.extend(cuda_packages(by_subdir, paths))
     packages.append(dask_metapackage(by_name["dask"].version))
     return packages
 
@@ -337,12 +424,12 @@ def runnable_packages(
 # --- the channel and its cache --------------------------------------------------------------------
 
 
-def cache_key(python: DebianPython, pinned_text: str) -> str:
-    """What the channel is made from: the builder, the wheels, the Debian python."""
+def cache_key(python: DebianPython, pinned_text: str, debs_text: str = "") -> str:
+    """What the channel is made from: the builder, the wheels, the Debian pythons."""
     digest = hashlib.sha256()
-    for part in (BUILDER_VERSION, pinned_text, python.debian_version):
+    for part in (BUILDER_VERSION, pinned_text, python.debian_version, debs_text):
         digest.update(part.encode())
-    for module in ("channel.py", "wheels.py", "runnable.py"):
+    for module in ("channel.py", "wheels.py", "debian.py", "runnable.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -365,30 +452,36 @@ def build(
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
 ) -> Path:
     """The runnable channel's folder, built into ``cache`` unless it is there already
-    (wheels in ``wheel_cache``, default ``cache/wheels``)."""
+    (wheels and the arm64 python's .debs in ``wheel_cache``, default ``cache/wheels``)."""
     cache = cache or default_cache()
     wheel_cache = wheel_cache or cache / "wheels"
     python = debian_python()
     pinned_text = wheels.WHEEL_LIST.read_text(encoding="utf-8")
-    channel = cache / f"channel-{cache_key(python, pinned_text)}"
+    debs_text = debian.DEB_LIST.read_text(encoding="utf-8")
+    channel = cache / f"channel-{cache_key(python, pinned_text, debs_text)}"
     if (channel / ".complete").is_file():
         return channel
     pinned = wheels.pinned_wheels()
+    debs = debian.pinned_debs()
     try:
         paths = wheels.fetch(pinned, wheel_cache, offline=offline)
-    except wheels.WheelError as exc:
+        paths.update(debian.fetch(debs, wheel_cache, offline=offline))
+    except (wheels.WheelError, debian.DebError) as exc:
         raise RunnableChannelError(str(exc)) from None
-    log(f"building the runnable channel: {len(pinned)} wheels, Debian python {python.version}")
+    log(
+        f"building the runnable channel: {len(pinned)} wheels, Debian python {python.version} "
+        f"(and its arm64 build from {len(debs)} .debs)"
+    )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".channel-"))
     try:
-        packages = runnable_packages(pinned, paths, python)
+        packages = runnable_packages(pinned, paths, python, arm64_python(debs, paths))
         write_channel(tmp, packages, subdirs=SUBDIRS)
         (tmp / ".complete").write_text(f"{len(packages)} packages\n")
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(channel)
         tmp.replace(channel)
-    except wheels.WheelError as exc:
+    except (wheels.WheelError, debian.DebError) as exc:
         raise RunnableChannelError(str(exc)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -415,11 +508,11 @@ def copy_channel(channel: Path, out: Path) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m envbuild.testing.runnable",
-        description="Write the runnable test channel (Debian's python, Dask from PyPI wheels, "
-        "CUDA runtimes and cupy) to OUT.",
+        description="Write the runnable test channel (Debian's python for amd64 and arm64, "
+        "Dask from PyPI wheels, CUDA runtimes and cupy) to OUT.",
     )
     parser.add_argument("out", type=Path, help="where the channel goes")
-    parser.add_argument("--offline", action="store_true", help="use cached wheels only")
+    parser.add_argument("--offline", action="store_true", help="use cached wheels and .debs only")
     args = parser.parse_args(argv)
     try:
         channel = build(offline=args.offline)

@@ -1,10 +1,10 @@
 """Real PyPI wheels for the runnable test channel: pinned, fetched once, read as payloads.
 
-``wheels.tsv`` (committed) pins every wheel by requirement, file name and sha256, for linux-64
-and osx-arm64 (``any`` for pure-Python wheels). ``fetch`` makes every pinned file present and
-sha256-checked in a cache folder: what is there and intact is used offline; what is missing
-or damaged is downloaded with pip (``--require-hashes``), into a temporary folder first, so a
-failed download never leaves a half-written file behind.
+``wheels.tsv`` (committed) pins every wheel by requirement, file name and sha256, for linux-64,
+linux-aarch64 and osx-arm64 (``any`` for pure-Python wheels). ``fetch`` makes every pinned file
+present and sha256-checked in a cache folder: what is there and intact is used offline; what
+is missing or damaged is downloaded with pip (``--require-hashes``), into a temporary folder
+first, so a failed download never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -35,8 +35,15 @@ PLATFORM_TAGS = {
         "manylinux_2_5_x86_64",
         "manylinux1_x86_64",
     ),
+    "linux-aarch64": (
+        "manylinux_2_28_aarch64",
+        "manylinux_2_17_aarch64",
+        "manylinux2014_aarch64",
+    ),
     "osx-arm64": ("macosx_11_0_arm64", "macosx_10_9_universal2"),
 }
+#: Python's platform.machine() per conda subdir, for environment markers.
+MACHINES = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "osx-arm64": "arm64"}
 
 
 class WheelError(Exception):
@@ -47,7 +54,7 @@ class WheelError(Exception):
 class PinnedWheel:
     """One line of wheels.tsv."""
 
-    platform: str  # "any", "linux-64" or "osx-arm64"
+    platform: str  # "any", "linux-64", "linux-aarch64" or "osx-arm64"
     requirement: str  # "numpy==2.0.2"
     file_name: str
     sha256: str
@@ -224,7 +231,7 @@ def conda_requirements(
         "platform_python_implementation": "CPython",
         "sys_platform": "darwin" if platform.startswith("osx") else "linux",
         "platform_system": "Darwin" if platform.startswith("osx") else "Linux",
-        "platform_machine": "arm64" if platform.endswith("arm64") else "x86_64",
+        "platform_machine": MACHINES.get(platform, "x86_64"),
         "os_name": "posix",
         "extra": "",
     }
