@@ -100,7 +100,7 @@ def exported(envbuild: Callable[..., Result], spec: Path) -> Records:
     for variant, environment in lock.environments():
         for platform in environment.platforms():
             packages = environment.conda_repodata_records_for_platform(platform) or []
-            records[f"{variant}/{platform}"] = {
+            records[f"{variant}/{platform.subdir}"] = {  # the conda platform, not its name
                 p.name.normalized: (str(p.version), str(p.build)) for p in packages
             }
     return records
