@@ -15,7 +15,8 @@ from typing import ClassVar
 import pytest
 
 from envbuild.errors import RegistryError
-from envbuild.image.registry import credentials, has_tag, parse_reference
+from envbuild.image.credentials import Credential, lookup
+from envbuild.image.registry import has_tag, parse_reference
 
 USER, PASSWORD = "robot", "pa55-not-printed"
 
@@ -112,7 +113,8 @@ def test_refused_credentials_are_one_line_without_them(
     with pytest.raises(RegistryError) as caught:
         has_tag(f"{served}/dask-gpu:worker-1")
     message = str(caught.value)
-    assert "refused to say whether it has" in message and "docker login" in message
+    assert "cannot tell whether the registry has" in message and "refused" in message
+    assert "docker login" in message
     assert PASSWORD not in message and "intruder" not in message
 
 
@@ -129,8 +131,8 @@ def test_credentials_come_from_the_environment_or_a_helper(
         "DOCKER_AUTH_CONFIG",
         json.dumps({"auths": {"registry.example.com": {"username": "gitlab", "password": "x"}}}),
     )
-    assert credentials("registry.example.com") == ("gitlab", "x")
-    assert credentials("other.example.com") is None
+    assert lookup("registry.example.com") == Credential("gitlab", "x")
+    assert lookup("other.example.com") is None
     # A credential helper, as docker login with a credsStore leaves it.
     helper = tmp_path / "bin" / "docker-credential-fake"
     helper.parent.mkdir()
@@ -140,4 +142,4 @@ def test_credentials_come_from_the_environment_or_a_helper(
     helper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
     monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"credHelpers": {"ghcr.io": "fake"}}))
-    assert credentials("ghcr.io") == ("h", "s-ghcr.io")
+    assert lookup("ghcr.io") == Credential("h", "s-ghcr.io")
