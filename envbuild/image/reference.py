@@ -84,4 +84,4 @@ def check_reference(tag: str, shown: str) -> None:
 
 def check_digest(digest: str, what: str) -> None:
     if not DIGEST.fullmatch(digest):
-        raise RegistryError(f"{what}: not a sha256 digest (sha256: and 64 hex digits)")
+        raise RegistryError(f"{what}: a malformed digest (not sha256: and 64 hex digits)")

@@ -125,7 +125,8 @@ class Registry:
             _expect(answer, (200,), what)
             digest = answer.header("Docker-Content-Digest")
         if digest:
-            check_digest(digest, f"{what}: the registry's Docker-Content-Digest")
+            if not DIGEST.fullmatch(digest):
+                raise RegistryError(f"{what}: the registry answered a malformed digest")
             if DIGEST.fullmatch(reference) and digest != reference:
                 raise RegistryError(f"{what}: the registry answered with another digest")
         return digest
@@ -191,9 +192,12 @@ class Registry:
         what = f"cannot mount blob {digest[:19]} into {self.name}"
         check_digest(digest, what)
         first, _, rest = source_repository.partition("/")
-        source = rest if first == self.registry else source_repository
-        if source is source_repository and rest and any(c in first for c in ".:"):
+        if first == self.registry:
+            source = rest
+        elif rest and (any(c in first for c in ".:") or first == "localhost"):
             return False  # another registry: nothing to mount from
+        else:
+            source = source_repository
         if not REPOSITORY.fullmatch(source) or source == self.repository:
             return False
         query = urllib.parse.urlencode({"mount": digest, "from": source})

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envbuild.errors import RegistryError
+
 DEFAULT_TIMEOUT = 30.0
 #: The cap on a JSON answer (tokens, manifests, error documents).
 JSON_LIMIT = 4 * 1024 * 1024
@@ -66,7 +68,7 @@ def timeout_setting() -> float:
     except ValueError:
         seconds = 0.0
     if not 0 < seconds <= 86400:
-        raise TransportError("ENVBUILD_REGISTRY_TIMEOUT must be a number of seconds (0 to 86400)")
+        raise RegistryError("ENVBUILD_REGISTRY_TIMEOUT must be a number of seconds (0 to 86400)")
     return seconds
 
 
