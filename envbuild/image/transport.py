@@ -164,8 +164,10 @@ class _Socket:
         return io.BufferedReader(_Reader(self), 65536)
 
     def sendall(self, data: bytes) -> None:
-        self.sock.settimeout(self.owner.clock.budget())
-        self.sock.sendall(data)
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), 65536):  # a TLS socket's timeout is per write
+            self.sock.settimeout(self.owner.clock.budget())
+            self.sock.sendall(view[start : start + 65536])
 
     def close(self) -> None:
         self.sock.close()
@@ -287,10 +289,10 @@ def guarded(clock: Clock) -> Iterator[None]:
         yield
     except TransportError:
         raise
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:  # TLS errors are OSErrors
+        raise TransportError(_reason(exc, clock)) from None
     except ValueError:  # http.client refuses a header value with a line break in it
         raise TransportError("a request header would hold a line break: not sent") from None
-    except (TimeoutError, OSError, http.client.HTTPException) as exc:
-        raise TransportError(_reason(exc, clock)) from None
 
 
 def _reason(exc: BaseException, clock: Clock) -> str:
