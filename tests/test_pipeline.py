@@ -92,6 +92,9 @@ def test_lock_check_plan_build_push_and_only_what_changed(
     assert again.returncode == 0
     assert again.stdout.count("is in the registry: skipped") == 3
     assert " built " not in again.stdout and "layers sent" not in again.stdout
+    # A dry run says what the same command would do: it asks the registry too.
+    dry = envbuild("image", "--all", "--dry-run", "--skip-existing")
+    assert dry.returncode == 0 and dry.stdout.count("is in the registry: skipped") == 3
     # 3b. Deploy: the cluster pulls exactly what was pushed, pinned to the registry's digests.
     deployed = envbuild("deploy", "kubernetes", "--pin-digests", "-o", tmp_path / "cluster.yaml")
     assert deployed.returncode == 0, deployed.stderr

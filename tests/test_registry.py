@@ -1,9 +1,11 @@
 """Asking a registry whether it has a tag: references, credentials, and the token dance,
-against a small registry API served here (the network edge)."""
+against a small registry API served here (the network edge); and blob downloads that a
+registry redirects elsewhere, or that do not end."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import threading
@@ -15,7 +17,8 @@ from typing import ClassVar
 import pytest
 
 from envbuild.errors import RegistryError
-from envbuild.image.registry import credentials, has_tag, parse_reference
+from envbuild.image.credentials import Credential, lookup
+from envbuild.image.registry import has_tag, parse_reference
 
 USER, PASSWORD = "robot", "pa55-not-printed"
 
@@ -112,7 +115,8 @@ def test_refused_credentials_are_one_line_without_them(
     with pytest.raises(RegistryError) as caught:
         has_tag(f"{served}/dask-gpu:worker-1")
     message = str(caught.value)
-    assert "refused to say whether it has" in message and "docker login" in message
+    assert "cannot tell whether the registry has" in message and "refused" in message
+    assert "docker login" in message
     assert PASSWORD not in message and "intruder" not in message
 
 
@@ -129,8 +133,8 @@ def test_credentials_come_from_the_environment_or_a_helper(
         "DOCKER_AUTH_CONFIG",
         json.dumps({"auths": {"registry.example.com": {"username": "gitlab", "password": "x"}}}),
     )
-    assert credentials("registry.example.com") == ("gitlab", "x")
-    assert credentials("other.example.com") is None
+    assert lookup("registry.example.com") == Credential("gitlab", "x")
+    assert lookup("other.example.com") is None
     # A credential helper, as docker login with a credsStore leaves it.
     helper = tmp_path / "bin" / "docker-credential-fake"
     helper.parent.mkdir()
@@ -140,4 +144,142 @@ def test_credentials_come_from_the_environment_or_a_helper(
     helper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
     monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"credHelpers": {"ghcr.io": "fake"}}))
-    assert credentials("ghcr.io") == ("h", "s-ghcr.io")
+    assert lookup("ghcr.io") == Credential("h", "s-ghcr.io")
+
+
+def test_docker_hub_and_helper_identity_tokens_are_read_as_docker_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nowhere"))
+    hub = base64.b64encode(b"hubuser:hubpass").decode()
+    monkeypatch.setenv(
+        "DOCKER_AUTH_CONFIG", json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": hub}}})
+    )
+    for spelling in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        assert lookup(spelling) == Credential("hubuser", "hubpass")
+    # what docker-py hands the engine: Docker Hub under its index URL
+    from envbuild.image.credentials import engine_auth
+
+    assert engine_auth("docker.io") == {
+        "username": "hubuser",
+        "password": "hubpass",
+        "serveraddress": "https://index.docker.io/v1/",
+    }
+    assert engine_auth("ghcr.io") == {}
+    # a helper answering Username "<token>" holds an identity token (docker's convention)
+    helper = tmp_path / "bin" / "docker-credential-acr"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\necho \'{"Username": "<token>", "Secret": "refresh-me"}\'\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"credHelpers": {"x.azurecr.io": "acr"}}))
+    assert lookup("x.azurecr.io") == Credential(identity_token="refresh-me")  # noqa: S106
+    assert engine_auth("x.azurecr.io") == {
+        "identitytoken": "refresh-me",
+        "serveraddress": "x.azurecr.io",
+    }
+
+
+# --- blobs: a redirect to another origin, and a body longer than the blob --------------------
+
+BLOB = b"layer bytes " * 1000
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+ENDLESS_DIGEST = "sha256:" + "e" * 64
+
+
+class _Storage(BaseHTTPRequestHandler):
+    """Another origin (a CDN a registry sends blob downloads to): records what it is sent."""
+
+    seen: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization") or "")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BLOB)))
+        self.end_headers()
+        self.wfile.write(BLOB)
+
+
+class _BlobRegistry(BaseHTTPRequestHandler):
+    """Basic auth; the blob BLOB_DIGEST redirects to the storage; ENDLESS_DIGEST is a
+    chunked body that does not end."""
+
+    protocol_version = "HTTP/1.1"
+    storage = ""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        if self.headers.get("Authorization") != expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="blobs"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path.endswith(BLOB_DIGEST):
+            self.send_response(307)
+            self.send_header("Location", f"http://{self.storage}/signed/blob?sig=1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                return
+
+
+@pytest.fixture
+def blob_servers() -> Iterator[tuple[str, str]]:
+    storage = ThreadingHTTPServer(("127.0.0.1", 0), _Storage)
+    registry = ThreadingHTTPServer(("127.0.0.1", 0), _BlobRegistry)
+    _BlobRegistry.storage = f"127.0.0.1:{storage.server_address[1]}"
+    _Storage.seen.clear()
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (storage, registry)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield f"127.0.0.1:{registry.server_address[1]}", _BlobRegistry.storage
+    finally:
+        for server in (storage, registry):
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_blob_download_redirected_to_another_origin_gets_no_credentials(
+    blob_servers: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envbuild.image.registry import Registry
+
+    address, _ = blob_servers
+    _config(tmp_path / "docker", monkeypatch, address)
+    with Registry.open(f"{address}/dask-gpu") as registry:
+        registry.get_blob(BLOB_DIGEST, tmp_path / "blob")
+    assert (tmp_path / "blob").read_bytes() == BLOB
+    assert _Storage.seen == [""]
+
+
+def test_a_blob_longer_than_its_descriptor_says_is_cut_off_and_refused(
+    blob_servers: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envbuild.image.registry import Registry
+
+    address, _ = blob_servers
+    _config(tmp_path / "docker", monkeypatch, address)
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    with Registry.open(f"{address}/dask-gpu") as registry:
+        with pytest.raises(RegistryError, match="larger than 1000000 bytes"):
+            registry.get_blob(ENDLESS_DIGEST, folder / "blob", size=1_000_000)
+        # without a size from a descriptor, a blob of no declared size is not taken at all
+        with pytest.raises(RegistryError, match="did not say the blob's size"):
+            registry.get_blob(ENDLESS_DIGEST, folder / "blob")
+    assert list(folder.iterdir()) == []

@@ -133,14 +133,13 @@ def build_images(
     from envbuild.image.engine import Engine
 
     engine = Engine.connect()
-    if dry_run:
-        return [_plan_only(engine, plan, log) for plan in plans]
     if (push or skip_existing) and settings.local:
         raise ImagePushError(
             f"no registry for {settings.repository}: set image.repository in envbuild.yaml "
             "(e.g. registry.example.com/dask-gpu) to push, or to skip what it has"
         )
-    if skip_existing:
+    skipped: list[ImageOutcome] = []
+    if skip_existing:  # a dry run too: what it says would be built depends on the registry
         from envbuild.image import registry
 
         present = [p for p in plans if registry.has_tag(p.reference)]
@@ -148,10 +147,10 @@ def build_images(
             log(f"{plan.role:<10} {plan.variant:<10} {plan.reference} is in the registry: skipped")
         skipped = [ImageOutcome(p.role, p.variant, p.reference, "in-registry") for p in present]
         plans = [p for p in plans if p not in present]
-        if not plans:
-            return skipped
-    else:
-        skipped = []
+    if dry_run:
+        return [*skipped, *(_plan_only(engine, plan, log) for plan in plans)]
+    if not plans:
+        return skipped
     outcomes = []
     environments: dict[str, str] = {}  # variant -> image holding its environment layers
     for plan in plans:

@@ -3,8 +3,9 @@
 The engine is the one DOCKER_HOST names (or the default socket). Builds use the engine's own
 builder with the network off (the layers are tars in the context: nothing is fetched), and
 tag only when they succeed, so a failed build leaves no tag behind. Registry credentials come
-from the Docker config (``~/.docker/config.json``, ``DOCKER_CONFIG``) as docker-py reads it;
-they are never printed, and error messages from the engine are passed on without them.
+from ``envbuild.image.credentials`` (the one source every registry client here uses) and are
+handed to docker-py explicitly on every push and pull, so docker-py never reads a config of its
+own; they are never printed, and error messages from the engine are passed on without them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envbuild.errors import EngineError, ImageBuildError, ImagePushError
+from envbuild.errors import EngineError, ImageBuildError, ImagePushError, RegistryError
+from envbuild.image import credentials
 
 if TYPE_CHECKING:
     import docker
@@ -90,8 +92,9 @@ class Engine:
 
         log(f"pulling the base image {reference}")
         try:
-            self.client.images.pull(reference)
-        except DockerException as exc:
+            auth = _auth_config(reference)
+            self.client.images.pull(reference, auth_config=auth)
+        except (DockerException, RegistryError) as exc:
             raise ImageBuildError(
                 f"base image {reference} is not in the engine and cannot be pulled "
                 f"({_clean(str(exc)).splitlines()[0][:200]}): pull or load it, or set image.base"
@@ -147,8 +150,14 @@ class Engine:
         existing: set[str] = set()
         digest = None
         try:
+            auth = _auth_config(reference)
+        except RegistryError as exc:
+            raise ImagePushError(f"pushing {reference} failed: {exc}") from None
+        try:
             for chunk in _chunks(
-                self.client.api.push(repository, tag=tag, stream=True, decode=True)
+                self.client.api.push(
+                    repository, tag=tag, stream=True, decode=True, auth_config=auth
+                )
             ):
                 if "error" in chunk:
                     raise ImagePushError(
@@ -171,6 +180,14 @@ class Engine:
 
         with contextlib.suppress(ImageNotFound):
             self.client.images.remove(reference, force=True)
+
+
+def _auth_config(reference: str) -> dict[str, str]:
+    """The credential for ``reference``'s registry as docker-py passes it (``{}``: anonymous,
+    never None, with which docker-py would read a config of its own)."""
+    from envbuild.image.reference import parse_reference
+
+    return credentials.engine_auth(parse_reference(reference).registry)
 
 
 def _chunks(stream: Any) -> Iterator[dict[str, Any]]:
