@@ -85,6 +85,11 @@ def test_a_path_through_a_file_is_an_output_error(tmp_path: Path) -> None:
         write_lock(tmp_path / "not-a-folder" / "envbuild.lock", sample_lock())
 
 
-def test_missing_folder_is_an_output_error(tmp_path: Path) -> None:
+def test_a_missing_folder_is_made_and_a_file_in_the_way_is_an_output_error(
+    tmp_path: Path,
+) -> None:
+    write_lock(tmp_path / "missing" / "envbuild.lock", sample_lock())
+    assert (tmp_path / "missing" / "envbuild.lock").is_file()
+    (tmp_path / "file").write_text("not a folder")
     with pytest.raises(OutputError, match="cannot write here"):
-        write_lock(tmp_path / "missing" / "envbuild.lock", sample_lock())
+        write_lock(tmp_path / "file" / "envbuild.lock", sample_lock())
