@@ -510,7 +510,11 @@ def pushed_spec(
     locked: Path, registry: tuple[str, dict[str, str]], envbuild: Callable[..., Result]
 ) -> Path:
     address, _ = registry
-    locked.write_text(locked.read_text() + f"image: {{repository: {address}/dask-gpu}}\n")
+    # The base pinned by digest: its registry (Docker Hub) is not asked, and cannot be here.
+    base = "debian:bookworm-slim@sha256:" + "b" * 64
+    locked.write_text(
+        locked.read_text() + f"image: {{repository: {address}/dask-gpu, base: '{base}'}}\n"
+    )
     assert envbuild("lock", "-q", "-f", locked).exit_code == 0
     return locked
 
