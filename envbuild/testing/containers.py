@@ -181,8 +181,8 @@ def an_engine(cache: Path) -> Iterator[str | None]:
     if why:
         print(
             f"images and the cluster in containers skipped: {why}; run `make demo` as root with "
-            "docker.io, debootstrap and docker-registry installed (apt-get install docker.io "
-            "debootstrap docker-registry), or set DOCKER_HOST",
+            "docker.io, debootstrap, docker-registry and skopeo installed (apt-get install "
+            "docker.io debootstrap docker-registry skopeo), or set DOCKER_HOST",
             flush=True,
         )
         yield None
