@@ -506,7 +506,7 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
     referrers = find_referrers(pushed.repository, digest)
     assert [r.artifact_type for r in referrers] == ["application/vnd.cyclonedx+json"]
     registry = open_registry(pushed.repository)
-    body, _, _ = registry.get_manifest(referrers[0].digest, oci.MANIFEST)
+    body, _, _ = registry.get_manifest(referrers[0].digest, (oci.MANIFEST,))
     artifact = json.loads(body)
     assert artifact["subject"]["digest"] == digest
     blob = tmp = pushed.folder / f"sbom-{role}.json"

@@ -27,7 +27,7 @@ from envbuild.image.blobs import BlobStore
 
 Progress = Callable[[int], None]
 LAYOUT_PREFIX = "oci:"
-_ACCEPT = ", ".join((oci.INDEX, oci.MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST))
+_ACCEPT = (oci.INDEX, oci.MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -93,13 +93,15 @@ def reference_digest(reference: BaseReference) -> str:
     from envbuild.image.remote import open_registry
 
     tag = reference.tag or "latest"
+    client = open_registry(reference.repository)
     try:
-        client = open_registry(reference.repository)
         digest = client.manifest_digest(tag)
         if digest == "":  # the registry did not say: its bytes do
             digest = client.get_manifest(tag, _ACCEPT)[2]
     except RegistryError as exc:
         raise ImageBuildError(f"base image {reference.text}: {exc}") from None
+    finally:
+        client.close()
     if digest is None:
         raise ImageBuildError(
             f"base image {reference.text} is not in its registry: push it, or fix image.base"
@@ -137,6 +139,8 @@ def resolve(
         config = store.fetch(config_digest, lambda path: client.get_blob(config_digest, path))
     except RegistryError as exc:
         raise ImageBuildError(f"base image {where}: {exc}") from None
+    finally:
+        client.close()
     return _image(reference, digest, document, _json(config.read_bytes(), where), store)
 
 
@@ -268,7 +272,9 @@ def fetch_layers(base: BaseImage, store: BlobStore, progress: Progress | None = 
             try:
                 path = store.fetch(digest, download)
             except RegistryError as exc:
+                client.close()
                 raise ImageBuildError(f"base image {base.name}: {exc}") from None
             layer = oci.Layer(layer.blob, layer.diff_id, layer.created_by, path)
         layers.append(layer)
+    client.close()
     return BaseImage(base.name, base.digest, base.config, tuple(layers), base.repository)

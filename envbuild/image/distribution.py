@@ -13,7 +13,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -142,10 +142,11 @@ class Registry:
     def has_tag(self, tag: str) -> bool:
         return self.manifest_digest(tag) is not None
 
-    def get_manifest(self, ref: str, accept: str) -> tuple[bytes, str, str]:
+    def get_manifest(self, ref: str, accept: Sequence[str]) -> tuple[bytes, str, str]:
         import hashlib
 
-        status, headers, answer = self._send("GET", f"manifests/{ref}", {"Accept": accept})
+        wanted = {"Accept": ", ".join(accept)}
+        status, headers, answer = self._send("GET", f"manifests/{ref}", wanted)
         with answer:
             body = answer.read(4 << 20)
         if status != 200:
@@ -215,6 +216,9 @@ class Registry:
         import hashlib
 
         return headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def close(self) -> None:
+        """Nothing held open between requests here (the promised client keeps connections)."""
 
     def referrers(self, digest: str) -> bytes | None:
         """The referrers index of ``digest`` (OCI 1.1 referrers API); None when the registry

@@ -7,8 +7,8 @@ Layers, bottom to top:
    build and sha256), so the images of every role of one lock carry the same bytes there;
 3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
    a CPU build pulls in) and the environment's stamp;
-4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the home
-   folder of the image's user.
+4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the
+   image's SBOM (``envbuild.image.sbom``), the home folder of the image's user.
 
 envbuild writes each layer as a reproducible tar (``envbuild.image.staging``); identical content
 gives identical layer digests, so a registry stores the shared layer once, and the scheduler

@@ -13,7 +13,7 @@ does not (Debian's docker-registry).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +88,8 @@ def push_image(
             result.referrer = _push_referrer(client, image, manifest, contents, store, result)
     except RegistryError as exc:
         raise ImagePushError(f"pushing {repository}:{image.tag} failed: {exc}") from None
+    finally:
+        client.close()
     return result
 
 
@@ -131,11 +133,12 @@ def _push_referrer(
     client: Registry,
     image: oci.Image,
     manifest: bytes,
-    contents: dict[str, bytes] | object,
+    contents: Mapping[str, bytes],
     store: BlobStore,
     result: PushResult,
 ) -> str:
-    assert isinstance(contents, dict)
+    """Push an artifact that refers to ``image`` (its blobs, then its manifest by digest),
+    and make it findable from the image's digest; the artifact's digest."""
     for data in contents.values():
         digest = store.put(data)
         if client.push_blob(digest, store.path(digest), len(data), None):
@@ -154,7 +157,7 @@ def _push_referrer(
     tag = referrers_tag(image.digest)
     existing = None
     if client.has_tag(tag):
-        body, _, _ = client.get_manifest(tag, oci.INDEX)
+        body, _, _ = client.get_manifest(tag, (oci.INDEX,))
         existing = json.loads(body)
     client.put_manifest(tag, oci.document(oci.with_referrer(existing, descriptor)), oci.INDEX)
     return digest
@@ -164,10 +167,13 @@ def find_referrers(repository: str, digest: str) -> list[oci.Descriptor]:
     """The artifacts that refer to ``digest`` in ``repository``: by the referrers API, else
     by the ``sha256-<hex>`` tag."""
     client = open_registry(repository)
-    body = client.referrers(digest)
-    if body is None:
-        tag = referrers_tag(digest)
-        if not client.has_tag(tag):
-            return []
-        body, _, _ = client.get_manifest(tag, oci.INDEX)
+    try:
+        body = client.referrers(digest)
+        if body is None:
+            tag = referrers_tag(digest)
+            if not client.has_tag(tag):
+                return []
+            body, _, _ = client.get_manifest(tag, (oci.INDEX,))
+    finally:
+        client.close()
     return [oci.Descriptor.from_dict(m) for m in json.loads(body).get("manifests", [])]
