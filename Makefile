@@ -19,8 +19,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 VENV_DEBS := $(shell $(PYTHON) -c 'import ensurepip' 2>/dev/null || echo python3-venv)
 # python3.11: Debian's interpreter is the runnable channel's python (envbuild/testing/runnable.py)
 # docker.io, debootstrap, docker-registry: the image tests start an engine, a base image and a
-# registry of their own (the demo uses them when it can, and says what it skipped otherwise).
-CONTAINER_DEBS := docker.io debootstrap docker-registry
+# registry of their own (the demo uses them when it can, and says what it skipped otherwise);
+# skopeo copies the base, and an `envbuild image --oci` layout, into that registry.
+CONTAINER_DEBS := docker.io debootstrap docker-registry skopeo
 # qemu-user-static, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross (its headers; only recommended,
 # so not installed with it here): the arm64 tests run the linux-aarch64 python under
 # qemu-user (no binfmt, no Arm machine) and cross-compile the fake NVML for it.

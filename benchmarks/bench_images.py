@@ -3,7 +3,7 @@
 On a private Docker engine and registry (envbuild.testing.docker), from the runnable channel:
 
 1. ``envbuild image --all`` against ``envbuild image --role worker``, whole commands, each
-   from an engine holding only the base image and with no staged layers (the package cache
+   from an engine holding no image and with no staged layers (the package cache
    is warm for both), paired rounds in rotating order. Goal: at most 1.3x.
 2. ``envbuild image --all`` again with an unchanged lock: seconds, and images built (goal 0).
 3. The bytes a registry stores for the three role images against the worker's alone.
@@ -54,17 +54,20 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="envbuild-bench-images-"))
     try:
         channel = runnable.build(REPO / "build" / "cache" / "runnable")
-        base = local_docker.base_tar(REPO / "build" / "cache")
         spec = work / "envbuild.yaml"
         example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
-        spec.write_text(example.replace("[../../build/demo-channel]", f"['{channel}']"))
+        layout = local_docker.base_layout(REPO / "build" / "cache")
+        spec.write_text(
+            example.replace("[../../build/demo-channel]", f"['{channel}']").replace(
+                "oci:../../build/demo-base:bookworm", f"oci:{layout}:bookworm"
+            )
+        )
         warm = work / "pkgs"
         with (
             local_docker.engine() as host,
             local_docker.registry() as everything,
             local_docker.registry() as one,
         ):
-            local_docker.import_base(host, base)
             env = {"DOCKER_HOST": host, "ENVBUILD_CACHE_DIR": str(work / "cache")}
             subprocess.run(
                 [ENVBUILD, "lock", "-q", "-f", str(spec)],

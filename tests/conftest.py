@@ -56,6 +56,8 @@ class ContainerSetup:
 
     host: str
     registry: Any  # envbuild.testing.docker.Registry
+    #: the demo's base image in that registry (``ADDRESS/envbuild-demo/base:bookworm``)
+    base: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +68,19 @@ def containers() -> Iterator[ContainerSetup]:
     why = local_docker.usable()
     require(why is None, f"no Docker engine can be started here: {why}")
     base = local_docker.base_tar(REPO / "build" / "cache")
+    layout = local_docker.base_layout(REPO / "build" / "cache")
     with local_docker.engine() as host, local_docker.registry() as registry:
         local_docker.import_base(host, base)
-        yield ContainerSetup(host, registry)
+        yield ContainerSetup(host, registry, local_docker.push_base(layout, registry.address))
+
+
+EXAMPLE_BASE = "base: oci:../../build/demo-base:bookworm"
+
+
+def image_section(base: str, repository: str) -> Callable[[str], str]:
+    """An ``edit`` for ``runnable_spec``: the example's image section with ``base`` (e.g.
+    ``ContainerSetup.base``) and ``repository``."""
+    return lambda text: text.replace(EXAMPLE_BASE, f"base: {base}\n  repository: {repository}")
 
 
 def runnable_spec(folder: Path, channel: Path, *, edit: Callable[[str], str] = str) -> Path:

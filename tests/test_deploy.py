@@ -601,7 +601,11 @@ def pushed_spec(
     locked: Path, registry: tuple[str, dict[str, str]], envbuild: Callable[..., Result]
 ) -> Path:
     address, _ = registry
-    locked.write_text(locked.read_text() + f"image: {{repository: {address}/dask-gpu}}\n")
+    # The base pinned by digest: its registry (Docker Hub) is not asked, and cannot be here.
+    base = "debian:bookworm-slim@sha256:" + "b" * 64
+    locked.write_text(
+        locked.read_text() + f"image: {{repository: {address}/dask-gpu, base: '{base}'}}\n"
+    )
     assert envbuild("lock", "-q", "-f", locked).exit_code == 0
     return locked
 
@@ -729,7 +733,8 @@ def test_the_specs_resources_reach_both_outputs_and_leave_the_lock_alone(
         '    resources: {cpu: "16", memory: 120Gi, threads: 4}',
     )
     assert text != locked.read_text()
-    locked.write_text(text)
+    # a base pinned by digest: naming the images needs no registry
+    locked.write_text(text + "image: {base: 'debian:bookworm-slim@sha256:" + "b" * 64 + "'}\n")
     assert envbuild("lock", "--check", "-f", locked).exit_code == 0  # not part of the lock
     helm = yaml.safe_load(envbuild("deploy", "helm", "-f", locked, "--no-registry-check").stdout)
     worker = helm["worker"]

@@ -26,7 +26,7 @@ from envbuild.testing import docker as local_docker
 from envbuild.testing import nvml
 from envbuild.testing.containers import ContainerCluster, running
 
-from .conftest import ContainerSetup, require, runnable_spec
+from .conftest import ContainerSetup, image_section, require, runnable_spec
 
 pytestmark = pytest.mark.slow
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
@@ -71,10 +71,7 @@ def built(
     spec = runnable_spec(
         folder,
         runnable_channel,
-        edit=lambda s: s.replace(
-            "base: envbuild-demo/base:bookworm",
-            f"base: envbuild-demo/base:bookworm\n  repository: {registry.address}/dask-gpu",
-        ),
+        edit=image_section(containers.base, f"{registry.address}/dask-gpu"),
     )
     config = folder / "docker-config"  # credentials the build must never carry along
     config.mkdir()
@@ -83,8 +80,9 @@ def built(
     env = {**os.environ, "DOCKER_HOST": host, "DOCKER_CONFIG": str(config)}
     env["ENVBUILD_CACHE_DIR"] = str(folder / "cache")
     subprocess.run([ENVBUILD, "lock", "-q", "-f", spec], cwd=folder, env=env, check=True)
+    # Pushed through the registry API and loaded into the engine, in one run.
     first = subprocess.run(
-        [ENVBUILD, "image", "--all", "--push", "-f", spec],
+        [ENVBUILD, "image", "--all", "--push", "--load", "-f", spec],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -134,8 +132,12 @@ def test_roles_share_every_layer_below_their_own(built: Built) -> None:
 
 def _files(built: Built, role: str) -> dict[str, str]:
     """path -> content digest (or link target, or 'dir') of an image's filesystem."""
+    return _files_of(built, built.images[role])
+
+
+def _files_of(built: Built, reference: str) -> dict[str, str]:
     client = built.docker()
-    container = client.containers.create(built.images[role], "true")
+    container = client.containers.create(reference, "true")
     try:
         stream = io.BytesIO(b"".join(container.export()))
     finally:
@@ -188,6 +190,7 @@ def test_client_and_worker_images_differ_only_in_the_cuda_runtime(built: Built) 
     role_files = {
         "etc/envbuild/role.json",
         "opt/envbuild/entrypoint.sh",
+        "opt/envbuild/sbom.cdx.json",
         "opt/env/etc/envbuild/stamp.json",
     }
     unexplained = [
@@ -204,10 +207,12 @@ def test_client_and_worker_images_differ_only_in_the_cuda_runtime(built: Built) 
 
 
 def test_a_second_run_builds_nothing_and_pushes_no_layer(built: Built) -> None:
-    again = built.envbuild("image", "--all", "--push", "-f", built.spec)
+    again = built.envbuild("image", "--all", "-f", built.spec)  # --load, the default here
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("is up to date: nothing built") == 3
-    assert again.stdout.count(": 0 layers sent") == 3
+    pushed = built.envbuild("image", "--all", "--push", "-f", built.spec)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.count(": 0 layers sent (0 B)") == 3
 
 
 def test_images_run_as_a_non_root_user_and_carry_no_credentials(built: Built) -> None:
@@ -304,9 +309,8 @@ def test_without_an_engine_context_still_works(built: Built, tmp_path: Path) -> 
         "image", "--role", "worker", "-f", built.spec, DOCKER_HOST="unix:///nowhere.sock"
     )
     assert gone.returncode == 13
-    assert (
-        "no container engine at unix:///nowhere.sock" in gone.stderr and "--context" in gone.stderr
-    )
+    assert "no container engine to load the images into" in gone.stderr
+    assert "--push" in gone.stderr and "--oci DIR" in gone.stderr and "--context" in gone.stderr
     context = tmp_path / "context"
     written = built.envbuild(
         "image",
@@ -325,15 +329,18 @@ def test_without_an_engine_context_still_works(built: Built, tmp_path: Path) -> 
         "shared.tar",
         "variant.tar",
     ]
-    # Built by docker-py's own build call, outside envbuild: the same layers.
+    # Built by docker-py's own build call, outside envbuild (the base pulled by digest from
+    # the registry): the same files as the image envbuild assembled.
     client = built.docker()
     try:
         image, _ = client.images.build(
             path=str(context), tag="context-check:1", network_mode="none"
         )
-        assert image.attrs["RootFS"]["Layers"] == layers(built, "worker")
+        assert len(image.attrs["RootFS"]["Layers"]) == 4
+        assert image.attrs["RootFS"]["Layers"][0] == layers(built, "worker")[0]  # the base
     finally:
         client.close()
+    assert _files(built, "worker") == _files_of(built, "context-check:1")
 
 
 def test_a_missing_base_is_its_own_error_and_leaves_no_tag(built: Built, tmp_path: Path) -> None:
@@ -344,10 +351,8 @@ def test_a_missing_base_is_its_own_error_and_leaves_no_tag(built: Built, tmp_pat
     (tmp_path / "envbuild.lock").write_text((built.folder / "envbuild.lock").read_text())
     result = built.envbuild("image", "--role", "client", "-f", spec)
     assert result.returncode == 14
-    assert (
-        "base image envbuild-demo/missing:1 is not in the engine and cannot be pulled"
-        in result.stderr
-    )
+    missing = f"{built.registry.address}/envbuild-demo/missing:1"
+    assert f"base image {missing} is not in its registry" in result.stderr
     client = built.docker()
     try:
         tags = [t for i in client.images.list() for t in i.tags]

@@ -16,7 +16,7 @@ import docker
 import pytest
 import yaml
 
-from .conftest import REPO, ContainerSetup, require, runnable_spec
+from .conftest import REPO, ContainerSetup, image_section, require, runnable_spec
 
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
 EXAMPLES = REPO / "examples" / "ci"
@@ -31,10 +31,7 @@ def test_lock_check_plan_build_push_and_only_what_changed(
     spec = runnable_spec(
         tmp_path,
         runnable_channel,
-        edit=lambda s: s.replace(
-            "base: envbuild-demo/base:bookworm",
-            f"base: envbuild-demo/base:bookworm\n  repository: {repository}",
-        ),
+        edit=image_section(containers.base, repository),
     )
     config = tmp_path / "docker-config"
     config.mkdir()
@@ -104,7 +101,8 @@ def test_lock_check_plan_build_push_and_only_what_changed(
         image = cluster["spec"][role]["spec"]["containers"][0]["image"]
         tagged, digest = image.split("@")
         assert tagged.startswith(f"{repository}:{role}-cuda-12.4-")
-        assert f"{repository}@{digest}" in engine.images.get(tagged).attrs["RepoDigests"]
+        pulled = engine.images.pull(*tagged.rsplit(":", 1))  # pushed without an engine
+        assert f"{repository}@{digest}" in pulled.attrs["RepoDigests"]
     # 4. The spec changes: the lock check fails, with its exit code and an annotation.
     spec.write_text(
         spec.read_text().replace('compute-capability: ">=8.0"', 'compute-capability: ">=9.0"')

@@ -147,7 +147,10 @@ def spec(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dask_gpu_channel(folder / "channel")
     path = folder / "envbuild.yaml"
     repository = f"{servers.registry.address}/dask-gpu"
-    path.write_text(path.read_text() + f"image: {{repository: {repository}}}\n")
+    # The base pinned by digest: no registry but the hostile one is asked (tags depend on the
+    # base's digest, and Docker Hub cannot be reached here).
+    base = "debian:bookworm-slim@sha256:" + "b" * 64
+    path.write_text(path.read_text() + f"image: {{repository: {repository}, base: '{base}'}}\n")
     env = {**os.environ, "ENVBUILD_CACHE_DIR": str(folder / "cache")}
     locked = subprocess.run(
         [ENVBUILD, "lock", "-q", "-f", str(path)], capture_output=True, text=True, env=env

@@ -4,6 +4,7 @@ committed spec, on a table of bad specs, and field by field on generated text.""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from envbuild.errors import SpecError
 from envbuild.files.resources import read_template
 from envbuild.lock.conda import match_spec_name
+from envbuild.spec import fields
 from envbuild.spec.file import parse_spec
 from envbuild.spec.model import json_schema
 
@@ -200,10 +202,42 @@ def _with(field: str, text: str) -> dict[str, Any]:
 def test_generated_values_get_one_verdict(field: str) -> None:
     alphabet = FIELDS[field][1]
 
-    @settings(max_examples=150, deadline=None, database=None)
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True)
     @given(st.text(alphabet=alphabet, max_size=24))
     def check(text: str) -> None:
         data = _with(field, text)
         assert schema_accepts(data) == loader_accepts(data), repr(text)
 
     check()
+
+
+# Exhaustively, on short text: each field's validator against its own JSON pattern.
+PAIRS = {
+    "cuda": (fields._cuda, fields._CUDA, "0123. "),
+    "compute-capability": (fields._compute_capability, fields._COMPUTE_CAPABILITY, "<>=!.,08 "),
+    "version": (fields._version, fields._VERSION, "09.a"),
+    "channel": (fields._channel, fields._CHANNEL, "a:/@?t. "),
+    "prefix": (fields._prefix, fields._PREFIX, "/oetsu."),
+    "user": (fields._user, f"^(?!root$){fields._USER}$", "arot_-A"),
+    "cpu": (fields._cpu, fields._CPU, "0159.m"),
+    "memory": (fields._memory, fields._MEMORY, "0169KGi"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(PAIRS))
+def test_every_short_value_gets_one_verdict_from_the_validator_and_the_pattern(
+    field: str,
+) -> None:
+    check, pattern, alphabet = PAIRS[field]
+    disagreements = []
+    for length in range(6):
+        for letters in itertools.product(alphabet, repeat=length):
+            text = "".join(letters)
+            try:
+                check(text)
+                loader = True
+            except ValueError:
+                loader = False
+            if loader != (re.search(pattern, text) is not None):
+                disagreements.append(text)
+    assert disagreements == []

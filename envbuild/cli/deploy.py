@@ -109,7 +109,7 @@ def deploy(
       envbuild deploy helm -o values.yaml && helm install dask dask/dask -f values.yaml
     """
     from envbuild.cluster.deploy import deployment, role_sizing
-    from envbuild.image.build import image_settings
+    from envbuild.image.build import image_settings, with_base_digest
     from envbuild.lock import locking
 
     used = locking.locate(spec_path, lock_path)
@@ -117,6 +117,7 @@ def deploy(
         used.lock,
         image_settings(used.spec, used.lock),
         target.value,
+        resolve=lambda settings: with_base_digest(settings, used.spec),
         source=used.path.name,
         name=name,
         namespace=namespace,

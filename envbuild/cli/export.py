@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -19,6 +20,9 @@ from envbuild.cli.app import (
     output_path,
 )
 
+if TYPE_CHECKING:
+    from envbuild.lock.lockfile import Lock
+
 
 class ExportFormat(StrEnum):
     conda_lock = "conda-lock"
@@ -26,6 +30,7 @@ class ExportFormat(StrEnum):
     environment = "environment"
     pixi = "pixi"
     role_file = "role-file"
+    sbom = "sbom"
 
 
 @app.command(short_help="Export the lock for conda-lock, conda/micromamba and pixi.")
@@ -37,7 +42,8 @@ def export(
             "--format",
             help="conda-lock (one variant, all its platforms), explicit (@EXPLICIT urls), "
             "environment (environment.yml with exact pins), pixi (every variant and platform), "
-            "role-file (the role's GPU requirements for `python -m envbuild.gpucheck`).",
+            "role-file (the role's GPU requirements for `python -m envbuild.gpucheck`), "
+            "sbom (the role image's CycloneDX SBOM, as the image carries it; builds nothing).",
         ),
     ],
     role: RoleOption = None,
@@ -54,16 +60,40 @@ def export(
 
     used = locking.locate(spec_path, lock_path)
     target = output_path(output)
-    text = exports.export(
-        used.lock,
-        fmt.value,
-        target,
-        role=role,
-        platform=platform,
-        source=used.path.name,
-        current_platform=conda.current_platform(),
-    )
+    if fmt is ExportFormat.sbom:
+        text = _sbom(used.spec, used.lock, role, platform, target)
+    else:
+        text = exports.export(
+            used.lock,
+            cast("exports.Format", fmt.value),
+            target,
+            role=role,
+            platform=platform,
+            source=used.path.name,
+            current_platform=conda.current_platform(),
+        )
     if text is not None:
         sys.stdout.write(text)
     else:
         print(f"wrote {target}", file=sys.stderr)
+
+
+def _sbom(
+    spec: Path | None, lock: Lock, role: str | None, platform: str | None, target: Path | None
+) -> str | None:
+    """The SBOM the role's image carries (the base's digest asked of its registry)."""
+    from envbuild.errors import SelectionError
+    from envbuild.files.atomic import write_atomic
+    from envbuild.image import build as images
+
+    if role is None:
+        raise SelectionError("--format sbom is a role image's: choose the role with --role")
+    if platform not in (None, "linux-64"):
+        raise SelectionError("images, and so their SBOMs, are built for linux-64 only")
+    images.select_roles(lock, [role], False)
+    settings = images.with_base_digest(images.image_settings(spec, lock), spec)
+    text = images.plan_image(lock, role, settings).sbom
+    if target is None:
+        return text
+    write_atomic(target, text)
+    return None

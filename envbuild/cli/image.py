@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from envbuild.cli.app import JsonOption, LockOption, SpecOption, app, handles_errors, print_json
+from envbuild.cli.app import (
+    JsonOption,
+    LockOption,
+    QuietOption,
+    SpecOption,
+    app,
+    handles_errors,
+    print_json,
+)
 
 Roles = Annotated[
     list[str] | None,
@@ -16,7 +23,12 @@ Roles = Annotated[
 ]
 Every = Annotated[bool, typer.Option("--all", help="Every role that runs on linux-64.")]
 Push = Annotated[
-    bool, typer.Option("--push", help="Push to image.repository (credentials: Docker config).")
+    bool,
+    typer.Option(
+        "--push",
+        help="Push to image.repository through the registry API, no engine needed "
+        "(credentials: Docker config).",
+    ),
 ]
 SkipExisting = Annotated[
     bool,
@@ -29,12 +41,28 @@ Context = Annotated[
     typer.Option(
         "--context",
         metavar="DIR",
-        help="Write the Dockerfile and layers to DIR and stop: no engine needed; build it "
-        "with docker build, buildah or kaniko.",
+        help="Write the Dockerfile and layers to DIR and stop: build it with docker build, "
+        "buildah or kaniko.",
+    ),
+]
+Oci = Annotated[
+    Path | None,
+    typer.Option(
+        "--oci",
+        metavar="DIR",
+        help="Write the images into the OCI image layout DIR (skopeo, podman, containerd and "
+        "crane take it); no engine needed.",
+    ),
+]
+Load = Annotated[
+    bool,
+    typer.Option(
+        "--load",
+        help="Load the images into the local engine (DOCKER_HOST). The default when none of "
+        "--push, --oci, --context is given.",
     ),
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Say what would be built; build nothing.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Stream the engine's log.")]
 
 
 @app.command(short_help="Build role images that differ only in their CUDA layer.")
@@ -43,57 +71,73 @@ def image(
     role: Roles = None,
     every: Every = False,
     push: Push = False,
+    oci: Oci = None,
+    load: Load = False,
     skip_existing: SkipExisting = False,
     context: Context = None,
     dry_run: DryRun = False,
-    verbose: Verbose = False,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
     spec_path: SpecOption = None,
     lock_path: LockOption = None,
 ) -> None:
     """Build role images from the lock: the base image, a layer of the packages every variant
-    shares, a layer of this variant's own (the CUDA runtime), and the role's files; the
-    entrypoint checks the GPU, then runs the role's command.
+    shares, a layer of this variant's own (the CUDA runtime), and the role's files (with the
+    image's SBOM); the entrypoint checks the GPU, then runs the role's command.
 
+    No engine builds them: envbuild writes the layers, config and manifest itself, then
+    --push sends them to image.repository through the registry API, --oci DIR writes an OCI
+    image layout, --load hands them to the local engine (the default when an engine answers).
     Tags are content-addressed: an unchanged lock builds nothing and pushes no layer.
-    Uses the engine that DOCKER_HOST names (or the default socket).
     """
-    from envbuild.errors import SelectionError
+    from envbuild.errors import EngineError, SelectionError, UsageError
     from envbuild.files.cache import package_cache
     from envbuild.image import build as images
+    from envbuild.image.progress import Progress
     from envbuild.lock import locking
 
     if bool(role) == every:
         raise SelectionError("choose roles with --role ROLE (repeatable), or every role with --all")
+    if context is not None and (push or oci or load):
+        raise UsageError("--context writes a build context only: drop --push, --oci and --load")
     used = locking.locate(spec_path, lock_path)
-    settings = images.image_settings(used.spec, used.lock)
     roles, skipped = images.select_roles(used.lock, role or [], every)
 
     def say(message: str) -> None:
-        if not as_json:
+        if not as_json and not quiet:
             print(message, flush=True)
-
-    def engine_log(line: str) -> None:
-        if verbose:
-            print(f"  {line}", file=sys.stderr, flush=True)
 
     for name, why in skipped.items():
         say(f"{name:<10} skipped: {why}")
-    outcomes = images.build_images(
-        used.lock,
-        settings,
-        roles,
-        cache_dir=package_cache(),
-        push=push,
-        skip_existing=skip_existing,
-        context_dir=context,
-        dry_run=dry_run,
-        log=say,
-        engine_log=engine_log,
-    )
+    cache = package_cache()
+    settings = images.with_base_digest(images.image_settings(used.spec, used.lock), used.spec)
+    if context is not None:
+        outcomes = images.write_contexts(
+            used.lock, settings, roles, context, cache_dir=cache, log=say
+        )
+    else:
+        if not (push or oci or load):
+            if not images.engine_reachable():
+                raise EngineError(
+                    "no container engine to load the images into (DOCKER_HOST): choose where "
+                    "they go: --push (image.repository), --oci DIR, or --context DIR"
+                )
+            load = True
+        outcomes = images.build_images(
+            used.lock,
+            settings,
+            images.base_loader(settings, used.spec, cache),
+            roles,
+            images.Targets(push, oci, load, skip_existing),
+            cache_dir=cache,
+            dry_run=dry_run,
+            log=say,
+            progress=Progress(enabled=not (quiet or as_json)),
+        )
     if as_json:
         print_json(
             {
+                "base": {"name": settings.base, "digest": settings.base_digest},
                 "images": [o.to_dict() for o in outcomes],
                 "skipped": [{"role": r, "why": w} for r, w in skipped.items()],
             }

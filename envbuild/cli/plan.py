@@ -37,7 +37,7 @@ def plan(
     from envbuild.lock import locking
 
     used = locking.locate(spec_path, lock_path)
-    settings = images.image_settings(used.spec, used.lock)
+    settings = images.with_base_digest(images.image_settings(used.spec, used.lock), used.spec)
     roles, skipped = images.select_roles(used.lock, [], True)
     builds = images.plan_matrix(used.lock, settings, roles)
     if github_output:

@@ -7,7 +7,7 @@ rendered by the pure functions of ``envbuild.cluster.manifests``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ def deployment(
     check_registry: bool,
     pin_digests: bool,
     sizing: Mapping[str, manifests.Sizing] | None = None,
+    resolve: Callable[[ImageSettings], ImageSettings] = lambda settings: settings,
 ) -> str:
     """The DaskCluster (``kubernetes``) or the dask chart's values (``helm``), as YAML text."""
     from envbuild.errors import SelectionError
@@ -44,6 +45,7 @@ def deployment(
         manifests.CLUSTER_ROLES,
         check_registry=check_registry,
         pin_digests=pin_digests,
+        resolve=resolve,
     )
     if kind == "kubernetes":
         document = manifests.dask_cluster(
@@ -81,10 +83,13 @@ def cluster_images(
     *,
     check_registry: bool = True,
     pin_digests: bool = False,
+    resolve: Callable[[ImageSettings], ImageSettings] = lambda settings: settings,
 ) -> dict[str, str]:
     """``envbuild deploy``: role -> the image reference a cluster pulls: the content-addressed
     tag (with ``@sha256:...`` when ``pin_digests``), after the registry confirmed it has each
-    one. Refuses images that have no registry, or that it lacks, naming the command to run."""
+    one. Refuses images that have no registry, or that it lacks, naming the command to run.
+    ``resolve`` completes the settings with the base's digest (the tags depend on it), once
+    nothing else is in the way."""
     from envbuild.errors import ImageMissingError, RegistryError, SelectionError
     from envbuild.image import registry
 
@@ -92,21 +97,22 @@ def cluster_images(
     for role in roles:
         if role in skipped:
             raise ImageBuildError(f"no image for role '{role}': {skipped[role]}")
-    source = runtime.files()
-    plans = {role: plan_image(lock, role, settings, source) for role in roles}
-    references = {role: plan.reference for role, plan in plans.items()}
-    if not check_registry:
-        if pin_digests:
-            raise SelectionError(
-                "--pin-digests asks the registry for the digests: drop --no-registry-check"
-            )
-        return references
-    if settings.local:
+    if check_registry and settings.local:
         raise ImageMissingError(
             f"the images ({settings.repository}) have no registry a cluster can pull from: set "
             "image.repository in envbuild.yaml, run `envbuild image --all --push`, then deploy "
             "(or pass --no-registry-check for a cluster that has the images loaded already)"
         )
+    if pin_digests and not check_registry:
+        raise SelectionError(
+            "--pin-digests asks the registry for the digests: drop --no-registry-check"
+        )
+    settings = resolve(settings)
+    source = runtime.files()
+    plans = {role: plan_image(lock, role, settings, source) for role in roles}
+    references = {role: plan.reference for role, plan in plans.items()}
+    if not check_registry:
+        return references
     digests = {role: registry.manifest_digest(reference) for role, reference in references.items()}
     missing = [role for role, digest in digests.items() if digest is None]
     if missing:

@@ -28,7 +28,7 @@ MODES = ("enforce", "warn", "skip")
 #: minor-version compatibility (NVIDIA's CUDA compatibility guide).
 DRIVER_FLOOR_BY_CUDA_MAJOR: dict[int, int] = {11: 450, 12: 525, 13: 580}
 
-_CUDA_VERSION = re.compile(r"^(\d{1,3})\.(\d{1,3})$")
+_CUDA_VERSION = re.compile(r"^([1-9][0-9]{0,2})\.([0-9]{1,3})$")
 _CC_CLAUSE = re.compile(r"^(>=|<=|==|!=|>|<)\s*(\d+)\.(\d+)$")
 _COMPARE: dict[str, Callable[[tuple[int, int], tuple[int, int]], bool]] = {
     ">=": lambda a, b: a >= b,

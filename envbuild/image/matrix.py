@@ -25,6 +25,9 @@ class PlannedImage:
     reference: str
     #: None: no registry to ask (the spec names no image.repository)
     in_registry: bool | None
+    #: the base image and its digest (a moved base tag gives new images)
+    base: str = ""
+    base_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ def plan_builds(plans: Sequence[ImagePlan], look_up: Callable[[str], bool] | Non
     by_variant: dict[str, list[PlannedImage]] = {}
     for plan in plans:
         present = look_up(plan.reference) if look_up is not None else None
-        image = PlannedImage(plan.role, plan.variant, plan.reference, present)
+        base, digest = plan.settings.base, plan.settings.base_digest
+        image = PlannedImage(plan.role, plan.variant, plan.reference, present, base, digest)
         by_variant.setdefault(plan.variant, []).append(image)
     return [Build(variant, tuple(images)) for variant, images in sorted(by_variant.items())]
 
@@ -66,6 +70,8 @@ def github_matrix(builds: Sequence[Build]) -> dict[str, list[dict[str, Any]]]:
                 "images": " ".join(i.reference for i in build.images),
                 "missing": " ".join(build.missing),
                 "present": not build.missing,
+                "base": build.images[0].base,
+                "base_digest": build.images[0].base_digest,
             }
             for build in builds
         ]
@@ -86,6 +92,8 @@ def render_table(builds: Sequence[Build], skipped: Mapping[str, str]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines += [f"{role}: no image ({why})" for role, why in skipped.items()]
+    bases = {(i.base, i.base_digest) for b in builds for i in b.images if i.base_digest}
+    lines += [f"base {name}: {digest}" for name, digest in sorted(bases)]
     todo = sum(len(b.missing) for b in builds)
     lines.append(
         f"{len(builds)} build{'s' if len(builds) != 1 else ''} "

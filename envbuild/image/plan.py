@@ -7,8 +7,8 @@ Layers, bottom to top:
    build and sha256), so the images of every role of one lock carry the same bytes there;
 3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
    a CPU build pulls in) and the environment's stamp;
-4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the home
-   folder of the image's user.
+4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the
+   image's SBOM (``envbuild.image.sbom``), the home folder of the image's user.
 
 envbuild writes each layer as a reproducible tar (``envbuild.image.staging``); identical content
 gives identical layer digests, so a registry stores the shared layer once, and the scheduler
@@ -34,7 +34,7 @@ from envbuild.lock.lockfile import Lock, LockedPackage, content_digest
 #: The only platform images are built for (and the platform the tests' engine runs).
 IMAGE_PLATFORM = "linux-64"
 #: Bump when the image layout changes: every tag changes with it.
-IMAGE_FORMAT = "4"
+IMAGE_FORMAT = "5"
 ENVBUILD_DIR = "/opt/envbuild"
 ROLE_FILE = "/etc/envbuild/role.json"
 #: The arguments that load the Dask guard into a scheduler or worker.
@@ -60,6 +60,17 @@ class ImageSettings:
     uid: int = 1000
     #: the spec names no image.repository: images stay in the local engine
     local: bool = False
+    #: the digest of the base's manifest for this platform, when it has been resolved
+    #: (``envbuild.image.base``): in the labels, the SBOM, the Dockerfile's FROM and the tag,
+    #: so a moved base tag gives new images
+    base_digest: str | None = None
+
+    @property
+    def base_from(self) -> str:
+        """The base as a Dockerfile's FROM names it: pinned by digest when known."""
+        if self.base_digest and "@" not in self.base and not self.base.startswith("oci:"):
+            return f"{self.base}@{self.base_digest}"
+        return self.base
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,8 @@ class ImagePlan:
     #: what the Dockerfile sets (ENV) and runs by default (CMD)
     environment: Mapping[str, str]
     command: tuple[str, ...]
+    #: the image's SBOM (CycloneDX JSON, envbuild.image.sbom), shipped in the role layer
+    sbom: str = ""
 
     @property
     def tag(self) -> str:
@@ -135,6 +148,11 @@ def image_labels(
             f"The {role} of the {lock.name} Dask cluster, from envbuild.lock {lock_digest[:19]}"
         ),
         "org.opencontainers.image.base.name": settings.base,
+        **(
+            {"org.opencontainers.image.base.digest": settings.base_digest}
+            if settings.base_digest
+            else {}
+        ),
         f"{LABEL_PREFIX}.lock": lock_digest,
         f"{LABEL_PREFIX}.role": role,
         f"{LABEL_PREFIX}.variant": locked.variant,
@@ -199,11 +217,6 @@ def _quoted(value: str) -> str:
 LAYER_FILES = ("shared.tar", "variant.tar", "role.tar")
 
 
-def env_dockerfile(base: str) -> str:
-    """The environment part of a role image, built once per variant by the engine path."""
-    return f"FROM {base}\nADD shared.tar /\nADD variant.tar /\n"
-
-
 def render_dockerfile(
     lock: Lock,
     role: str,
@@ -217,15 +230,14 @@ def render_dockerfile(
     layers: Sequence[str] = LAYER_FILES,
 ) -> str:
     """The role's Dockerfile (templates/Dockerfile): ADD of the layer tars, ENV, LABEL, a
-    numeric USER, the entrypoint and the role's default command. ``base`` and ``layers``
-    build it on top of an image that holds the environment already (the engine path)."""
+    numeric USER, the entrypoint and the role's default command."""
     continuation = " \\\n    "
     return string.Template(read_template("Dockerfile")).substitute(
         lock_name=lock.name,
         lock_digest=lock_digest[:19],
         role=role,
         variant=lock.role(role).variant,
-        base=base or settings.base,
+        base=base or settings.base_from,
         adds="\n".join(f"ADD {layer} /" for layer in layers),
         env=continuation.join(f"{k}={_quoted(v)}" for k, v in environment.items()),
         labels=continuation.join(f"{_quoted(k)}={_quoted(v)}" for k, v in labels.items()),
@@ -248,6 +260,29 @@ def render_entrypoint(role: str, variant: str, settings: ImageSettings) -> str:
     )
 
 
+def image_sbom(
+    lock: Lock, role: str, settings: ImageSettings, split: LayerSplit, lock_digest: str
+) -> str:
+    """The role image's SBOM (envbuild.image.sbom): its packages, layer by layer, and the
+    base by digest."""
+    from envbuild.image.base import parse_base
+    from envbuild.image.sbom import render_sbom
+
+    base = parse_base(settings.base)
+    return render_sbom(
+        name=lock.name,
+        role=role,
+        variant=lock.role(role).variant,
+        platform=IMAGE_PLATFORM,
+        lock_digest=lock_digest,
+        layers={"shared": split.shared, "variant": split.variant},
+        base=settings.base,
+        base_digest=settings.base_digest,
+        base_repository=base.repository,
+        base_tag=base.tag,
+    )
+
+
 def plan_image(
     lock: Lock, role: str, settings: ImageSettings, runtime: Mapping[str, bytes]
 ) -> ImagePlan:
@@ -261,8 +296,9 @@ def plan_image(
     entrypoint = render_entrypoint(role, locked.variant, settings)
     role_file = render_role_file(lock, role)
     split = split_layers(lock, locked.variant)
+    sbom = image_sbom(lock, role, settings, split, lock_digest)
     digest = hashlib.sha256()
-    for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file):
+    for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file, sbom):
         digest.update(part.encode())
         digest.update(b"\0")
     for name, content in sorted(runtime.items()):
@@ -284,20 +320,5 @@ def plan_image(
         digest="sha256:" + digest.hexdigest(),
         environment=environment,
         command=tuple(command),
-    )
-
-
-def role_dockerfile(lock: Lock, plan: ImagePlan, base: str) -> str:
-    """The role's Dockerfile on top of ``base``, an image that holds the variant's environment
-    already (the engine path builds that once per variant)."""
-    return render_dockerfile(
-        lock,
-        plan.role,
-        plan.settings,
-        plan.labels,
-        plan.environment,
-        plan.command,
-        content_digest(lock),
-        base=base,
-        layers=("role.tar",),
+        sbom=sbom,
     )

@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -49,10 +47,12 @@ from envbuild.image.transport import (
     Transport,
     TransportError,
     origin,
+    receive,
 )
 
+INDEX = "application/vnd.oci.image.index.v1+json"
 ALL_MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
+    INDEX,
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -151,6 +151,19 @@ class Registry:
         if not MEDIA_TYPE.fullmatch(media_type) or media_type == "application/json":
             media_type = _media_type_inside(body, what)
         return body, media_type, digest
+
+    def referrers(self, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers index of manifest ``digest``; None when the registry has no
+        referrers API (then the ``sha256-<hex>`` tag scheme holds them)."""
+        what = f"cannot read the referrers of {self._where(digest)}"
+        check_digest(digest, what)
+        headers = {"Accept": INDEX}
+        path = f"/v2/{self.repository}/referrers/{digest}"
+        with self._call(Clock(), "GET", path, self._scope(), what, headers) as answer:
+            kind = answer.header("Content-Type").split(";")[0].strip()
+            if answer.status != 200 or kind != INDEX:
+                return None
+            return _read(answer, what)
 
     def put_manifest(self, reference: str, body: bytes, media_type: str) -> str:
         """Store ``body`` as the manifest ``reference`` (a tag, or its own digest); its
@@ -278,7 +291,7 @@ class Registry:
             limit = size if size is not None else int(declared or 0)
             if size is None:  # the transfer's deadline, now that its size is known
                 answer.connection.clock = Clock.for_transfer(limit)
-            _receive(answer, limit, digest, destination, progress, what)
+            receive(answer, limit, digest, destination, progress, what)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -448,35 +461,6 @@ def _location(answer: Answer, what: str) -> str:
 def _with_query(url: str, extra: Sequence[tuple[str, str]]) -> str:
     joiner = "&" if urllib.parse.urlsplit(url).query else "?"
     return url + joiner + urllib.parse.urlencode(extra)
-
-
-def _receive(
-    answer: Answer,
-    limit: int,
-    digest: str,
-    destination: Path,
-    progress: Progress | None,
-    what: str,
-) -> None:
-    """The blob's body into a file beside ``destination``, renamed into place once its
-    sha256 is ``digest``."""
-    handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    temporary = Path(name)
-    hasher = hashlib.sha256()
-    try:
-        with os.fdopen(handle, "wb") as output:
-            for block in answer.blocks(limit):
-                output.write(block)
-                hasher.update(block)
-                if progress is not None:
-                    progress(len(block))
-        if f"sha256:{hasher.hexdigest()}" != digest:
-            raise RegistryError(f"{what}: its content does not match its digest: refused")
-        temporary.replace(destination)
-    except TransportError as exc:
-        raise RegistryError(f"{what}: {exc}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # --- what plan, image --skip-existing and deploy --pin-digests ask --------------------------

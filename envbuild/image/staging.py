@@ -1,4 +1,5 @@
-"""Staging role images: a build context any builder takes (docker build, buildah, kaniko).
+"""Staging role images: the layer tars, and a build context any builder takes (docker build,
+buildah, kaniko).
 
 1. Install the variant's locked packages on this machine, with rattler, into a staging folder
    whose files say the image's prefix (``/opt/env``): the existing environment code, so local
@@ -11,7 +12,8 @@
    this variant's own (with the stamp), and the role's files. Members are sorted, with mtime
    0, root-owned (the user's home excepted) and modes 0644/0755, so identical content gives
    identical bytes, and identical layer digests on any engine.
-4. Put the Dockerfile beside them.
+4. For ``--context``, put the Dockerfile beside them. (Everything else takes the tars as
+   they are: ``envbuild.image.assemble``.)
 
 The staged prefix and the layers are cached under the package cache's folder by the plan's
 content, so building the other roles of a variant, or the same image again, stages nothing.
@@ -37,6 +39,7 @@ from envbuild.errors import ImageBuildError, OutputError
 from envbuild.files.atomic import write_atomic
 from envbuild.files.digest import sha256_hex
 from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
+from envbuild.image.sbom import FILE_NAME as SBOM_FILE
 from envbuild.lock.lockfile import Lock, LockedPackage
 
 LAYERS = ("shared", "variant", "role")
@@ -206,21 +209,18 @@ def _key(*parts: Iterable[str] | str | bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_context(
+def write_layers(
     lock: Lock,
     plan: ImagePlan,
-    context: Path,
     *,
     work: Path,
     cache_dir: Path,
     runtime: Mapping[str, bytes],
     parts: Sequence[str] = LAYERS,
-    dockerfile: str | None = None,
 ) -> dict[str, Layer]:
-    """Write ``plan``'s build context into ``context``: a Dockerfile (``plan.dockerfile``
-    unless given) and the layer tars named in ``parts``. Layers already written (another role
-    of the variant, the same image again) are linked, not written again: each is named by
-    its content."""
+    """Write ``plan``'s layer tars named in ``parts`` into ``work``, each named by its
+    content: a layer already written (another role of the variant, the same image again) is
+    not written again."""
     layers: dict[str, tuple[Path, dict[str, Path | bytes], dict[str, int] | None]] = {}
     prefix = plan.settings.prefix
     if {"shared", "variant"} & set(parts):
@@ -236,28 +236,49 @@ def write_context(
         own_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.variant]
         layers["shared"] = (work / f"shared-{_key(prefix, shared_ids)}.tar", shared, None)
         layers["variant"] = (work / f"variant-{_key(prefix, own_ids, stamp)}.tar", own, None)
+    envbuild_dir = ENVBUILD_DIR.lstrip("/")
     role_files: dict[str, Path | bytes] = {
         ROLE_FILE.lstrip("/"): plan.role_file.encode(),
-        f"{ENVBUILD_DIR.lstrip('/')}/entrypoint.sh": plan.entrypoint.encode(),
-        **{f"{ENVBUILD_DIR.lstrip('/')}/{name}": content for name, content in runtime.items()},
+        f"{envbuild_dir}/entrypoint.sh": plan.entrypoint.encode(),
+        f"{envbuild_dir}/{SBOM_FILE}": plan.sbom.encode(),
+        **{f"{envbuild_dir}/{name}": content for name, content in runtime.items()},
     }
     layers["role"] = (
         work / f"role-{plan.role}-{plan.digest.removeprefix('sha256:')[:16]}.tar",
         role_files,
         {f"home/{plan.settings.user}": plan.settings.uid},
     )
+    try:
+        return {
+            name: write_layer(path, name, files, owned_folders=owners)
+            for name, (path, files, owners) in layers.items()
+            if name in parts
+        }
+    except OSError as exc:
+        raise OutputError(f"{work}: cannot write the image's layers: {exc}") from None
+
+
+def write_context(
+    lock: Lock,
+    plan: ImagePlan,
+    context: Path,
+    *,
+    work: Path,
+    cache_dir: Path,
+    runtime: Mapping[str, bytes],
+) -> dict[str, Layer]:
+    """Write ``plan``'s build context into ``context``: its Dockerfile and layer tars (linked
+    to the layers in ``work``, not copied)."""
+    layers = write_layers(lock, plan, work=work, cache_dir=cache_dir, runtime=runtime)
     written: dict[str, Layer] = {}
     try:
         context.mkdir(parents=True, exist_ok=True)
-        for name, (path, files, owners) in layers.items():
-            if name not in parts:
-                continue
-            layer = write_layer(path, name, files, owned_folders=owners)
-            _link(path, context / f"{name}.tar")
+        for name, layer in layers.items():
+            _link(layer.path, context / f"{name}.tar")
             written[name] = Layer(
                 name, context / f"{name}.tar", layer.size, layer.sha256, layer.files
             )
-        write_atomic(context / "Dockerfile", dockerfile or plan.dockerfile)
+        write_atomic(context / "Dockerfile", plan.dockerfile)
     except OSError as exc:
         raise OutputError(f"{context}: cannot write the build context: {exc}") from None
     return written

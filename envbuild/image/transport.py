@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import io
 import ipaddress
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -430,3 +432,32 @@ def _proxy_for(host: str, port: int) -> urllib.parse.SplitResult | None:
     if parts.scheme != "http" or not parts.hostname:
         raise TransportError("https_proxy must be an http:// proxy URL")
     return parts
+
+
+def receive(
+    answer: Answer,
+    limit: int,
+    digest: str,
+    destination: Path,
+    progress: Callable[[int], None] | None,
+    what: str,
+) -> None:
+    """The blob's body into a file beside ``destination``, renamed into place once its
+    sha256 is ``digest``."""
+    handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    temporary = Path(name)
+    hasher = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as output:
+            for block in answer.blocks(limit):
+                output.write(block)
+                hasher.update(block)
+                if progress is not None:
+                    progress(len(block))
+        if f"sha256:{hasher.hexdigest()}" != digest:
+            raise RegistryError(f"{what}: its content does not match its digest: refused")
+        temporary.replace(destination)
+    except TransportError as exc:
+        raise RegistryError(f"{what}: {exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -9,6 +9,10 @@ Rendering is pure (lock in, text out); ``export`` writes atomically. Formats:
 - ``pixi``: a pixi.lock-format file with one environment per variant, every platform
 - ``role-file``: a role's GPU requirements as JSON, the file the GPU check reads at container
   start (``/etc/envbuild/role.json``, see envbuild.gpucheck)
+
+``envbuild export --format sbom`` (a role image's CycloneDX SBOM) is rendered by
+``envbuild.image.sbom``, not here: it names the base image by digest, which only the image
+code resolves.
 """
 
 from __future__ import annotations

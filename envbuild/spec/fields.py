@@ -210,7 +210,7 @@ UserText = _field(_user, {"pattern": f"^(?!root$){_USER}$"})
 # --- resources (Kubernetes quantities that dask reads too) ---
 
 #: CPUs: a whole number or millicores ("500m"), as Kubernetes writes them.
-_CPU = r"^(?:[1-9][0-9]{0,5}|[1-9][0-9]{0,8}m|[0-9]{1,6}\.[0-9]{1,3})$"
+_CPU = r"^(?:[1-9][0-9]{0,5}|[1-9][0-9]{0,8}m|(?!0+\.0+$)[0-9]{1,6}\.[0-9]{1,3})$"
 #: Memory: bytes with a binary (Ki..Ti) or decimal (K..T) suffix; both Kubernetes and dask
 #: (``--memory-limit``) read these the same way.
 _MEMORY = r"^[1-9][0-9]{0,15}(?:Ki|Mi|Gi|Ti|K|M|G|T)?$"

@@ -181,31 +181,25 @@ def an_engine(cache: Path) -> Iterator[str | None]:
     if why:
         print(
             f"images and the cluster in containers skipped: {why}; run `make demo` as root with "
-            "docker.io, debootstrap and docker-registry installed (apt-get install docker.io "
-            "debootstrap docker-registry), or set DOCKER_HOST",
+            "docker.io, debootstrap, docker-registry and skopeo installed (apt-get install "
+            "docker.io debootstrap docker-registry skopeo), or set DOCKER_HOST",
             flush=True,
         )
         yield None
         return
-    base = local_docker.base_tar(cache)
     with local_docker.engine(cache / "engine") as started:
-        if not _has_image(started, local_docker.BASE_REFERENCE):
-            local_docker.import_base(started, base)
         yield started
 
 
-def _has_image(host: str, reference: str) -> bool:
-    import docker
-    from docker.errors import ImageNotFound
-
-    client = docker.DockerClient(base_url=host)
-    try:
-        client.images.get(reference)
-    except ImageNotFound:
-        return False
-    finally:
-        client.close()
-    return True
+def demo_base(cache: Path) -> Path:
+    """The demo's base image as an OCI image layout at ``build/demo-base`` (the example's
+    ``image.base: oci:../../build/demo-base:bookworm``), made with debootstrap once."""
+    layout = local_docker.base_layout(cache)
+    link = cache.parent / "demo-base"
+    if link.resolve() != layout.resolve():
+        link.unlink(missing_ok=True)
+        link.symlink_to(layout.resolve())
+    return link
 
 
 def main(argv: list[str]) -> int:
@@ -218,6 +212,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
+        demo_base(args.cache)
         with an_engine(args.cache) as host:
             if host is None:
                 return 0

@@ -67,7 +67,7 @@ class SetupError(Exception):
 
 def tools_missing() -> list[str]:
     """The commands the engine, the base image and the registry need that are missing."""
-    needed = ("dockerd", "debootstrap", "docker-registry")
+    needed = ("dockerd", "debootstrap", "docker-registry", "skopeo")
     return [tool for tool in needed if shutil.which(tool) is None]
 
 
@@ -77,7 +77,7 @@ def usable() -> str | None:
         return "starting a Docker engine needs root"
     missing = tools_missing()
     if missing:
-        packages = "docker.io debootstrap docker-registry"
+        packages = "docker.io debootstrap docker-registry skopeo"
         return f"{', '.join(missing)} not installed (apt-get install {packages})"
     return None
 
@@ -273,6 +273,71 @@ def _configure_unrun(root: Path) -> None:
     bundle = b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certificates)
     (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssl/certs/ca-certificates.crt").write_bytes(bundle)
+
+
+BASE_TAG = "bookworm"
+
+
+def base_layout(cache: Path) -> Path:
+    """The base image as an OCI image layout (tag ``bookworm``), written from ``base_tar``
+    with envbuild's own OCI code once and cached: for ``image.base: oci:PATH:bookworm``, or
+    to copy into a registry (``push_base``)."""
+    from envbuild.image import oci
+
+    tar = base_tar(cache)
+    layout = cache / f"{tar.stem}-oci"
+    if (layout / "index.json").is_file():
+        return layout
+    partial = cache / f".{layout.name}.tmp"
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "blobs" / "sha256").mkdir(parents=True)
+    blob = partial / "layer.tar.gz"
+    digest, size = oci.compress(tar, blob)
+    blob.rename(partial / "blobs" / "sha256" / digest.removeprefix("sha256:"))
+    diff_id = "sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()
+    layer = oci.Layer(
+        oci.Descriptor(oci.LAYER_GZIP, digest, size),
+        diff_id,
+        path=partial / "blobs" / "sha256" / digest.removeprefix("sha256:"),
+    )
+    config = oci.document(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": oci.EPOCH,
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": oci.EPOCH, "created_by": "debootstrap (envbuild.testing)"}],
+        }
+    )
+    manifest = oci.document(oci.image_manifest(oci.describe(config, oci.CONFIG), [layer.blob]))
+    image = oci.Image(BASE_TAG, config, manifest, (layer,), oci.PLATFORMS["linux-64"])
+    oci.write_layout(partial, [image])
+    partial.rename(layout)
+    return layout
+
+
+def push_base(layout: Path, address: str, repository: str = "envbuild-demo/base") -> str:
+    """Copy the base layout into the registry at ``address`` with skopeo; its reference."""
+    reference = f"{address}/{repository}:{BASE_TAG}"
+    done = subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:{BASE_TAG}",
+            f"docker://{reference}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SetupError(f"skopeo copy of the base failed: {done.stderr.strip()[-400:]}")
+    return reference
 
 
 def import_base(host: str, tar: Path, reference: str = BASE_REFERENCE) -> str:
