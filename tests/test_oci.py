@@ -280,7 +280,8 @@ def pushed(
     runnable_channel: Path, containers: ContainerSetup, tmp_path_factory: pytest.TempPathFactory
 ) -> Pushed:
     folder = tmp_path_factory.mktemp("oci")
-    repository = f"{containers.registry.address}/dask-gpu"
+    # a repository of its own: other test modules push the example to the same registry
+    repository = f"{containers.registry.address}/oci-dask-gpu"
     spec = _pushed_spec(folder, runnable_channel, containers, repository)
     env = {**os.environ, "DOCKER_HOST": NO_ENGINE, "ENVBUILD_CACHE_DIR": str(folder / "cache")}
     subprocess.run([ENVBUILD, "lock", "-q", "-f", spec], cwd=folder, env=env, check=True)
@@ -505,12 +506,12 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
     digest = pushed.first[role]["digest"]
     referrers = find_referrers(pushed.repository, digest)
     assert [r.artifact_type for r in referrers] == ["application/vnd.cyclonedx+json"]
-    registry = open_registry(pushed.repository)
-    body, _, _ = registry.get_manifest(referrers[0].digest, (oci.MANIFEST,))
-    artifact = json.loads(body)
-    assert artifact["subject"]["digest"] == digest
-    blob = tmp = pushed.folder / f"sbom-{role}.json"
-    registry.get_blob(artifact["layers"][0]["digest"], tmp)
+    blob = pushed.folder / f"sbom-{role}.json"
+    with open_registry(pushed.repository) as registry:
+        body, _, _ = registry.get_manifest(referrers[0].digest, (oci.MANIFEST,))
+        artifact = json.loads(body)
+        assert artifact["subject"]["digest"] == digest
+        registry.get_blob(artifact["layers"][0]["digest"], blob)
     assert blob.read_bytes() == shipped
 
 

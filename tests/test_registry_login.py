@@ -8,11 +8,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -20,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from envbuild.errors import ImagePushError, RegistryError
-from envbuild.image.engine import Engine
+from envbuild.errors import RegistryError
 from envbuild.image.registry import Registry, has_tag
 
 from .conftest import require
@@ -109,41 +106,3 @@ def test_envbuilds_client_logs_in_with_docker_auth_config(
     digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
     with Registry.open(f"{registry_address}/tiny") as registry:
         assert registry.push_blob(digest, blob, 1000) is True
-
-
-def _tiny_image() -> bytes:
-    """A root file system of one file, as a tar for `docker import`."""
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        member = tarfile.TarInfo("hello.txt")
-        member.size = 6
-        tar.addfile(member, io.BytesIO(b"hello\n"))
-    return data.getvalue()
-
-
-def test_the_engine_pushes_with_the_same_credentials(
-    registry_address: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """docker-py alone would push anonymously here: it reads only the config file, which is
-    empty; envbuild hands it the login from DOCKER_AUTH_CONFIG."""
-    from envbuild.testing import docker as local_docker
-
-    why = local_docker.usable()
-    require(why is None, f"no Docker engine can be started here: {why}")
-    reference = f"{registry_address}/tiny:engine"
-    with local_docker.engine() as host:
-        monkeypatch.setenv("DOCKER_HOST", host)
-        engine = Engine.connect()
-        engine.client.api.import_image_from_data(
-            _tiny_image(), repository=f"{registry_address}/tiny", tag="engine"
-        )
-        _login_only_in_the_environment(monkeypatch, tmp_path, registry_address, "wrong")
-        with pytest.raises(ImagePushError) as refused:
-            engine.push(reference, lambda line: None)
-        assert "wrong" not in str(refused.value) and PASSWORD not in str(refused.value)
-        _login_only_in_the_environment(monkeypatch, tmp_path, registry_address)
-        pushed = engine.push(reference, lambda line: None)
-        engine.client.close()
-    assert pushed.pushed == 1 and pushed.digest
-    with Registry.open(f"{registry_address}/tiny") as registry:
-        assert registry.manifest_digest("engine") == pushed.digest

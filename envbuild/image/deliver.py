@@ -101,6 +101,12 @@ class Delivery:
         return self.engine is not None and self.engine.has_image(plan.reference)
 
     def plan_only(self, plan: ImagePlan) -> ImageOutcome:
+        """What ``deliver`` would do, doing nothing (it asks the registry and the engine)."""
+        if self.targets.skip_existing and self._in_registry(plan):  # as deliver() decides
+            self.log(
+                f"{plan.role:<10} {plan.variant:<10} {plan.reference} is in the registry: skipped"
+            )
+            return ImageOutcome(plan.role, plan.variant, plan.reference, "in-registry")
         where = []
         present = []
         if self.targets.push or self.targets.skip_existing:
