@@ -288,3 +288,25 @@ def write_pixi_lock(
             for package in packages:
                 lock.add_conda_package(name, named[(name, platform)], to_rattler(package))
     lock.to_path(path)
+
+
+def archive_distributions(archive: Path) -> list[tuple[str, str]]:
+    """(name, version) of every Python distribution a conda archive installs: its
+    ``*.dist-info`` (and ``*.egg-info``) folders, named as their files say
+    (``numpy-2.0.2.dist-info``), read from ``info/paths.json``."""
+    from rattler.package import PathsJson
+
+    try:
+        paths = PathsJson.from_package_archive(archive).paths
+    except Exception as exc:  # rattler raises one class per archive problem
+        raise InstallError(f"{archive}: cannot read the archive's paths.json: {exc}") from None
+    found = set()
+    for entry in paths:
+        for part in str(entry.relative_path).split("/")[:-1]:
+            if part.endswith((".dist-info", ".egg-info")):
+                stem = part.rsplit(".", 1)[0]
+                name, _, rest = stem.partition("-")
+                version = rest.split("-py")[0] if part.endswith(".egg-info") else rest
+                if name and version:
+                    found.add((name, version))
+    return sorted(found)
