@@ -40,7 +40,6 @@ from envbuild.spec.fields import (
     RepositoryText,
     UserText,
     VersionText,
-    pypi_name,
 )
 from envbuild.spec.matchspec import package_name
 from envbuild.spec.platforms import GPU_PLATFORMS
@@ -341,7 +340,6 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Loc, str]]:
             if name in names:
                 yield loc, f"'{name}' is already required at {dotted(names[name])}"
             names[name] = loc
-    yield from _pypi_problems(spec)
     for role_name in ROLES:
         role = spec.role(role_name)
         if role.gpu is None:
@@ -350,18 +348,6 @@ def semantic_problems(spec: Spec) -> Iterator[tuple[Loc, str]]:
             if platform not in GPU_PLATFORMS:
                 where: Loc = ("roles", role_name, "platforms") if role.platforms else ("platforms",)
                 yield where, f"role '{role_name}' has a GPU but {platform} has no CUDA"
-
-
-def _pypi_problems(spec: Spec) -> Iterator[tuple[Loc, str]]:
-    """A distribution is named once in each PyPI list (``Foo_Bar`` and ``foo-bar`` are one)."""
-    for field in ("pypi-dependencies", "gpu-pypi-dependencies"):
-        names: dict[str, Loc] = {}
-        for index, text in enumerate(getattr(spec, _snake(field))):
-            name = pypi_name(text.replace(CUDA_MAJOR, "12"))
-            loc: Loc = (field, index)
-            if name in names:
-                yield loc, f"'{name}' is already required at {dotted(names[name])}"
-            names[name] = loc
 
 
 def _snake(name: str) -> str:

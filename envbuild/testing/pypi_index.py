@@ -1,8 +1,9 @@
 """An offline PyPI for the tests: real wheels, fetched once from PyPI and pinned by sha256,
 served as a find-links folder and as a PEP 503 simple index (``file://``).
 
-- ``xarray`` 2026.2.0 and 2026.9.0 (pure Python). Over the runnable channel's conda numpy
-  2.0.2, pandas 2.2.2 and packaging 24.1, only 2026.2.0 fits: 2026.9.0 needs packaging>=24.2.
+- ``xarray`` 2024.7.0, 2026.2.0 and 2026.9.0 (pure Python). Over the runnable channel's
+  conda numpy 2.0.2, pandas 2.2.2 and packaging 24.1, the newest that fits is 2026.2.0:
+  2026.9.0 needs packaging>=24.2.
 - ``cupy-cuda11x`` and ``cupy-cuda12x`` 13.3.0 and ``fastrlock`` 0.8.2 (compiled, linux-64),
   the runnable channel's own pinned wheels (``wheels.tsv``), for gpu-pypi-dependencies.
 """
@@ -18,6 +19,12 @@ from envbuild.files.digest import sha256_hex
 from envbuild.testing.wheels import PinnedWheel, fetch, normalize, pinned_wheels
 
 XARRAY = (
+    PinnedWheel(
+        "any",
+        "xarray==2024.7.0",
+        "xarray-2024.7.0-py3-none-any.whl",
+        "1b0fd51ec408474aa1f4a355d75c00cc1c02bd425d97b2c2e551fd21810e7f64",
+    ),
     PinnedWheel(
         "any",
         "xarray==2026.2.0",
@@ -42,7 +49,7 @@ def gpu_wheels() -> list[PinnedWheel]:
 
 def fetch_all(cache: Path, runnable_wheels: Path) -> list[Path]:
     """Every wheel of the offline index, present and sha256-checked (fetched once)."""
-    paths = []
+    paths: list[Path] = []
     for wheel in XARRAY:  # one at a time: pip fetches one version of a name per call
         paths += fetch([wheel], cache).values()
     paths += fetch(gpu_wheels(), runnable_wheels).values()
