@@ -231,6 +231,9 @@ def _failure(request: PypiRequest, stderr: str) -> SolveError | ChannelError:
             "upgrades a conda one: relax the PyPI requirement or change the conda one",
             details=text,
         )
+    why = (
+        " (envbuild installs wheels only: it builds no sdist)" if "no usable wheels" in text else ""
+    )
     return SolveError(
-        f"{request.target}: the PyPI requirements ({asked}) cannot be met", details=text
+        f"{request.target}: the PyPI requirements ({asked}) cannot be met{why}", details=text
     )
