@@ -256,8 +256,10 @@ def write_pixi_lock(
     path: Path,
     channels: Sequence[str],
     environments: Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[LockedPackage]]]],
+    wheels: Mapping[str, Mapping[str, Sequence[tuple[str, str, str]]]] | None = None,
 ) -> None:
-    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages).
+    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages),
+    and ``wheels``: environment -> platform -> (name, version, url) of its PyPI packages.
 
     A lock platform carries its virtual packages, and a CUDA variant declares ``__cuda``
     where the CPU variant does not: each environment gets platforms with what it declares.
@@ -287,6 +289,8 @@ def write_pixi_lock(
         for platform, (_, packages) in by_platform.items():
             for package in packages:
                 lock.add_conda_package(name, named[(name, platform)], to_rattler(package))
+            for wheel, version, url in (wheels or {}).get(name, {}).get(platform, ()):
+                lock.add_pypi_package(name, named[(name, platform)], wheel, version, url)
     lock.to_path(path)
 
 
