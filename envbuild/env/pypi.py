@@ -4,17 +4,20 @@
 ``file://`` wheels are copied in) and checks its sha256 against the lock before anything is
 installed: a tampered wheel is refused (InstallError, exit 11). uv then installs exactly these
 files into the prefix: ``--no-deps --require-hashes --offline --no-index`` (no resolution, no
-network; it checks the hashes again), ``--no-cache`` (what lands in the prefix comes from the
-checked files, never from another cache), into the prefix's own layout (``--prefix``:
+network; it checks the hashes again), unpacked once into uv's cache under envbuild's
+(``pypi/uv``) and hard-linked from there, as rattler does with conda packages: the same trust,
+and the same caveat (a file edited in one prefix is edited in the cache; ``verify --files``
+finds it, and ``env --repair`` drops the wheel from uv's cache and installs it again), into
+the prefix's own layout (``--prefix``:
 ``lib/pythonX.Y/site-packages``, scripts in ``bin/`` naming the prefix's python). A prefix
 is conda's, not a virtual environment, and a copied standard library may say it is
 externally managed: envbuild manages this one, so uv is told to go ahead.
 
 What was installed is recorded in ``etc/envbuild/wheels.json`` (name, version, sha256,
-dist-info folder): conda-meta's counterpart for wheels. ``verify_wheels`` compares it and the
+dist-info folder): conda-meta's counterpart for wheels. ``check_wheels`` compares it and the
 dist-info folders with the lock (missing, changed, extra) and, with ``files``, every file of
-each wheel's RECORD with its hash. Problems are reported like conda packages', the name
-followed by `` (pypi)``.
+each wheel's RECORD with its hash. Problems are reported like conda packages', named
+``NAME.pypi`` (a valid conda package name: ``env`` hands what verify found to rattler).
 """
 
 from __future__ import annotations
@@ -71,17 +74,24 @@ def install_wheels(target: LockedTarget, prefix: Path, damaged: Collection[str] 
         if damaged is None or w.name in broken or recorded.get(w.name, {}).get("sha256") != w.sha256
     ]
     if needed:
-        _uv_install(needed, prefix)
+        _uv_install(needed, prefix, repair=sorted(broken))
     site = _site_packages(prefix)
     record = {w.name: _recorded(w, site, prefix) for w in target.wheels}
     write_atomic(prefix / WHEELS_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def _uv_install(wheels: list[LockedWheel], prefix: Path) -> None:
+def _uv_install(wheels: list[LockedWheel], prefix: Path, repair: list[str]) -> None:
     from envbuild.lock.pypi import uv_binary
-    from envbuild.lock.pypifetch import fetch_wheel
+    from envbuild.lock.pypifetch import fetch_wheel, pypi_cache
 
     files = {w.name: fetch_wheel(w) for w in wheels}  # sha256-checked against the lock
+    cache = ["--cache-dir", str(pypi_cache() / "uv")]
+    if repair:  # a file changed in a prefix is the same inode in uv's cache: unpack again
+        subprocess.run(
+            [uv_binary(), "cache", "clean", "--quiet", *cache, *repair],
+            capture_output=True,
+            check=False,
+        )
     with tempfile.TemporaryDirectory(prefix="envbuild-wheels-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(
@@ -89,7 +99,7 @@ def _uv_install(wheels: list[LockedWheel], prefix: Path) -> None:
         )
         command = [
             uv_binary(), "pip", "install", "--no-deps", "--require-hashes", "--offline",
-            "--no-index", "--no-config", "--no-cache", "--quiet", "--reinstall",
+            "--no-index", "--no-config", *cache, "--quiet", "--reinstall",
             "--python", str(prefix.absolute() / "bin" / "python"),
             "--prefix", str(prefix.absolute()), "--break-system-packages",
             "-r", str(requirements),
@@ -124,7 +134,7 @@ def _recorded(wheel: LockedWheel, site: Path, prefix: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class WheelProblems:
-    """What verify found about a prefix's wheels, each named ``NAME (pypi)``."""
+    """What verify found about a prefix's wheels, each named ``NAME.pypi``."""
 
     missing: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
