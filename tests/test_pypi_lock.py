@@ -163,3 +163,35 @@ def test_an_sdist_is_never_built(
     result = envbuild("lock", "-f", spec)
     assert result.exit_code == 7, result.output
     assert "'tinysdist'" in result.output and "it builds no sdist" in result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("sha256", "not-a-digest", "pypi-packages[0].sha256 is not a sha256 digest"),
+        (
+            "url",
+            "https://alice:s3cr3t@example.com/x.whl",
+            "pypi-packages[0].url carries credentials",
+        ),
+        ("fn", "../../etc/x.whl", "pypi-packages[0].fn is not a wheel's file name"),
+        ("targets", ["cpu/no-such-platform"], "unknown target cpu/no-such-platform"),
+    ],
+)
+def test_a_damaged_pypi_section_is_refused_naming_the_field(
+    tmp_path: Path,
+    runnable_channel: Path,
+    pypi_wheels: list[Path],
+    envbuild: Envbuild,
+    field: str,
+    value: object,
+    said: str,
+) -> None:
+    spec = pypi_spec(tmp_path, runnable_channel, pypi_wheels, pypi=["xarray"])
+    assert envbuild("lock", "-f", spec).exit_code == 0
+    document = json.loads(lock_of(spec).read_text())
+    document["pypi-packages"][0][field] = value
+    lock_of(spec).write_text(json.dumps(document))
+    result = envbuild("show", "--lockfile", lock_of(spec))
+    assert result.exit_code == 5, result.output
+    assert said in result.output and "s3cr3t" not in result.output

@@ -9,11 +9,16 @@ wheel's URL, size and sha256. pip's resolver can do the same resolution
 (``pip install --dry-run --report --platform --python-version --only-binary``), but it is
 slower and reports no size; packaging and a resolver of our own would mean writing and
 keeping a backtracking resolver and an index client. Measured on the same resolution
-(xarray over conda's numpy, pandas and packaging, from a local find-links folder; two cores,
-``python -m benchmarks.bench_pypi``, 7 paired rounds):
+(xarray over conda's numpy, pandas and packaging as stubs, from a local find-links folder,
+for linux-64 and CPython 3.11.2; whole processes, ``benchmarks/bench_pypi.py --runs 8``,
+paired rounds in rotating order, on a shared two-core machine):
 
-    uv pip compile             min 0.045 s  median 0.061 s  max 0.120 s
-    pip install --dry-run      min 1.47 s   median 1.62 s   max 2.19 s    (26.6x uv's median)
+    uv pip compile            min 0.022 s  median 0.046 s  max 0.080 s
+    pip install --dry-run     min 0.645 s  median 0.884 s  max 1.310 s
+    per-round ratio uv/pip    min 0.03x    median 0.05x    max 0.09x
+
+A lock resolves every target (and again the ones alignment pins), so this is paid per target;
+pip's report would also need each wheel's size fetched separately.
 
 How conda's packages stay fixed. Every distribution a conda package of the target provides
 (``envbuild.lock.pypiplan``) becomes a stub wheel in a private find-links folder, versioned
