@@ -6,6 +6,8 @@ served as a find-links folder and as a PEP 503 simple index (``file://``).
   2026.9.0 needs packaging>=24.2.
 - ``cupy-cuda11x`` and ``cupy-cuda12x`` 13.3.0 and ``fastrlock`` 0.8.2 (compiled, linux-64),
   the runnable channel's own pinned wheels (``wheels.tsv``), for gpu-pypi-dependencies.
+
+    python -m envbuild.testing.pypi_index OUT [--cache DIR]   (a find-links folder, for the demo)
 """
 
 from __future__ import annotations
@@ -88,3 +90,20 @@ def simple_index(folder: Path, wheels: list[Path]) -> Path:
     index = "".join(f'<a href="{p}/">{p}</a>\n' for p in sorted(projects))
     (root / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{index}</body></html>\n")
     return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the find-links folder ``OUT`` (wheels fetched once into ``--cache``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The offline PyPI of envbuild's tests.")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--cache", type=Path, default=Path("build") / "cache")
+    args = parser.parse_args(argv)
+    wheels = fetch_all(args.cache / "test-wheels", args.cache / "runnable" / "wheels")
+    print(find_links(args.out, wheels))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
