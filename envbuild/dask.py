@@ -99,8 +99,9 @@ def identity() -> dict[str, Any]:
 
 
 def _packages() -> dict[str, str]:
-    """name -> version of the environment's conda packages (conda-meta), or, where there is
-    none, of its Python distributions."""
+    """name -> version of the environment's conda packages (conda-meta) and, as
+    ``pypi:NAME``, of the distributions pip or uv installed beside them (their INSTALLER is
+    not conda); where there is no conda-meta, of every Python distribution."""
     packages: dict[str, str] = {}
     for record in sorted((Path(sys.prefix) / "conda-meta").glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
@@ -108,6 +109,14 @@ def _packages() -> dict[str, str]:
             if isinstance(found, dict) and "name" in found and "version" in found:
                 packages[str(found["name"])] = str(found["version"])
     if packages:
+        for installer in sorted(Path(sys.prefix).glob("lib/python3*/site-packages/*/INSTALLER")):
+            with contextlib.suppress(OSError, ValueError):
+                if installer.read_text(encoding="utf-8").strip() in ("", "conda"):
+                    continue
+                stem = installer.parent.name.removesuffix(".dist-info")
+                name, _, version = stem.rpartition("-")
+                if name and installer.parent.name.endswith(".dist-info"):
+                    packages["pypi:" + name.replace("_", "-").lower()] = version
         return packages
     from importlib import metadata
 

@@ -18,6 +18,7 @@ STANDALONE = ("gpucheck", "dask")
 BASE = ("errors", "__init__", "__main__")
 #: Third-party libraries and the only modules (or rooms) that may import them.
 DOORS = {
+    "uv": ("lock/pypi.py",),
     "rattler": ("lock/conda.py",),
     "conda_lock": ("lock/condalock.py",),
     "docker": ("image/engine.py",),

@@ -142,6 +142,28 @@ TABLE: list[tuple[str, Any]] = [
     ("roles.worker.resources", {"memory": "64GB"}),
     ("roles.worker.resources", {"threads": 0}),
     ("roles.worker.resources", {"gpus": 2}),
+    ("pypi-dependencies", ["xarray"]),
+    ("pypi-dependencies", ["xarray >=2024.7, <2027", "Foo_Bar[extra1, b] ==1.0"]),
+    ("pypi-dependencies", ["rich; python_version >= '3.9'"]),
+    ("pypi-dependencies", ["xarray", "xarray"]),
+    ("pypi-dependencies", ["xarray @ https://example.com/xarray-1.0-py3-none-any.whl"]),
+    ("pypi-dependencies", [">=1.0"]),
+    ("pypi-dependencies", ["numpy >"]),
+    ("pypi-dependencies", ["-e ."]),
+    ("pypi-dependencies", "xarray"),
+    ("gpu-pypi-dependencies", ["cupy-cuda{cuda_major}x >=13"]),
+    ("gpu-pypi-dependencies", ["cupy-cuda{cuda_major}x", "nvidia-nccl-cu{cuda_major}"]),
+    ("gpu-pypi-dependencies", ["cupy-cuda{cuda}x"]),
+    ("gpu-pypi-dependencies", ["cupy >={cuda_major}"]),
+    ("gpu-pypi-dependencies", ["cupy; python_version > '{cuda_major}'"]),
+    ("pypi-index-urls", []),
+    ("pypi-index-urls", ["https://pypi.org/simple", "./wheels/simple"]),
+    ("pypi-index-urls", ["https://user:secret@pypi.example.com/simple"]),
+    ("pypi-index-urls", ["https://pypi.example.com/simple?token=abc"]),
+    ("pypi-index-urls", None),
+    ("pypi-find-links", ["./wheels"]),
+    ("pypi-find-links", ["https://token@files.example.com/wheels/"]),
+    ("pypi-find-links", ["my wheels"]),
     ("name", "Dask GPU"),
     ("nickname", "x"),
 ]
@@ -180,6 +202,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "image.base": ("image", "ab0.:/-_@o ic"),
     "image.prefix": ("image", "/aeopstucrlnv.-_ "),
     "image.user": ("image", "aro_t-A0"),
+    # without ";": environment markers are the loader's alone (their grammar is no pattern)
+    "pypi-dependencies": ("", "xa1[],<>=~.* _-!"),
+    "gpu-pypi-dependencies": ("", "cu{}ad_mjor1x>= ="),
     "roles.worker.resources.cpu": ("roles.worker.resources", "0159.m"),
     "roles.worker.resources.memory": ("roles.worker.resources", "0169KMGTiB"),
 }
@@ -191,8 +216,8 @@ def _with(field: str, text: str) -> dict[str, Any]:
         data["roles"]["worker"]["gpu"] = {"cuda": text}
     elif field == "roles.worker.gpu.compute-capability":
         data["roles"]["worker"]["gpu"] = {"cuda": "12.4", "compute-capability": text}
-    elif field == "channels":
-        data["channels"] = [text]
+    elif field in ("channels", "pypi-dependencies", "gpu-pypi-dependencies"):
+        data[field] = [text]
     else:
         edit(field, text)(data)
     return data

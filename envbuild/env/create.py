@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from envbuild.env.archives import check_local_archives
+from envbuild.env.pypi import install_wheels
 from envbuild.env.runtime import write_runtime
 from envbuild.env.stamp import OLD_MARKER, STAMP, make_stamp, migrate_marker, read_stamp
 from envbuild.env.verify import VerifyReport, verify_prefix
@@ -169,6 +170,7 @@ def _install(
             reinstall=reinstall,
         )
     )
+    install_wheels(target, prefix, report.damaged if report else None)  # PyPI: after conda's
     write_runtime(prefix)
     write_atomic(prefix / STAMP, json.dumps(make_stamp(lock, target), indent=2) + "\n")
     return to_fetch

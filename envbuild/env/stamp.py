@@ -15,6 +15,7 @@ from typing import Any
 
 from envbuild.errors import OutputError
 from envbuild.lock.lockfile import Lock, LockedPackage, LockedTarget, content_digest
+from envbuild.lock.wheels import fingerprint as wheel_fingerprint
 
 STAMP = Path("etc") / "envbuild" / "stamp.json"
 #: Where envbuild 0.1 kept its marker; it broke other tools, so ``env`` moves it.
@@ -41,6 +42,7 @@ def make_stamp(lock: Lock, target: LockedTarget) -> dict[str, Any]:
         "platform": target.platform,
         "roles": sorted(r.name for r in lock.roles if r.variant == target.variant),
         "packages": fingerprint(target.packages),
+        **({"pypi": wheel_fingerprint(target.wheels)} if target.wheels else {}),
     }
 
 

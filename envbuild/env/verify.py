@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from envbuild.env.pypi import check_wheels
 from envbuild.env.stamp import OLD_MARKER, STAMP, fingerprint, read_stamp
 from envbuild.errors import PrefixMismatchError
 from envbuild.files.digest import sha256_hex
@@ -229,6 +230,7 @@ def verify_prefix(
     installed = installed_records(prefix)
     missing, extra, changed = compare(target.packages, installed)
     stamp_state: Literal["ok", "missing", "stale", "unchecked"] = "unchecked"
+    found = None
     if stamp:
         found = read_stamp(prefix)
         if found is None:
@@ -237,14 +239,15 @@ def verify_prefix(
             ok = found.get("packages") == fingerprint(target.packages)
             stamp_state = "ok" if ok else "stale"
     file_problems = _file_problems(prefix, installed.values(), progress) if files else []
+    wheels = check_wheels(target, prefix, files=files, stamp=found if stamp else None)
     return VerifyReport(
         prefix=prefix,
         target=str(target.target),
-        missing=missing,
-        extra=extra,
-        changed=changed,
-        stamp=stamp_state,
-        files=tuple(file_problems),
+        missing=missing + wheels.missing,
+        extra=extra + wheels.extra,
+        changed=changed + tuple(Change(*c) for c in wheels.changed),
+        stamp="stale" if stamp_state == "ok" and wheels.stale else stamp_state,
+        files=(*file_problems, *(FileProblem(*f) for f in wheels.files)),
     )
 
 

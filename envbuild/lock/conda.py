@@ -256,8 +256,10 @@ def write_pixi_lock(
     path: Path,
     channels: Sequence[str],
     environments: Mapping[str, Mapping[str, tuple[Sequence[str], Sequence[LockedPackage]]]],
+    wheels: Mapping[str, Mapping[str, Sequence[tuple[str, str, str]]]] | None = None,
 ) -> None:
-    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages).
+    """Write a pixi.lock-format file: environment -> platform -> (virtual packages, packages),
+    and ``wheels``: environment -> platform -> (name, version, url) of its PyPI packages.
 
     A lock platform carries its virtual packages, and a CUDA variant declares ``__cuda``
     where the CPU variant does not: each environment gets platforms with what it declares.
@@ -287,4 +289,28 @@ def write_pixi_lock(
         for platform, (_, packages) in by_platform.items():
             for package in packages:
                 lock.add_conda_package(name, named[(name, platform)], to_rattler(package))
+            for wheel, version, url in (wheels or {}).get(name, {}).get(platform, ()):
+                lock.add_pypi_package(name, named[(name, platform)], wheel, version, url)
     lock.to_path(path)
+
+
+def archive_distributions(archive: Path) -> list[tuple[str, str]]:
+    """(name, version) of every Python distribution a conda archive installs: its
+    ``*.dist-info`` (and ``*.egg-info``) folders, named as their files say
+    (``numpy-2.0.2.dist-info``), read from ``info/paths.json``."""
+    from rattler.package import PathsJson
+
+    try:
+        paths = PathsJson.from_package_archive(archive).paths
+    except Exception as exc:  # rattler raises one class per archive problem
+        raise InstallError(f"{archive}: cannot read the archive's paths.json: {exc}") from None
+    found = set()
+    for entry in paths:
+        for part in str(entry.relative_path).split("/")[:-1]:
+            if part.endswith((".dist-info", ".egg-info")):
+                stem = part.rsplit(".", 1)[0]
+                name, _, rest = stem.partition("-")
+                version = rest.split("-py")[0] if part.endswith(".egg-info") else rest
+                if name and version:
+                    found.add((name, version))
+    return sorted(found)

@@ -42,6 +42,20 @@ def render_conda_lock(lock: Lock, targets: Sequence[LockedTarget], *, source: st
         for target in targets
         for package in target.packages
     ]
+    packages += [  # PyPI wheels: conda-lock installs them with pip after the conda packages
+        LockedDependency(
+            name=wheel.name,
+            version=wheel.version,
+            manager="pip",
+            platform=target.platform,
+            dependencies={},  # every one is locked: nothing is left to resolve
+            url=wheel.url,
+            hash=HashModel(sha256=wheel.sha256),
+            categories={"main"},
+        )
+        for target in targets
+        for wheel in target.wheels
+    ]
     content = Lockfile(
         package=packages,
         metadata=LockMeta(

@@ -2,8 +2,10 @@
 
 Rendering is pure (lock in, text out); ``export`` writes atomically. Formats:
 
-- ``explicit``: an ``@EXPLICIT`` file, one url#md5 per line in install order (one target)
-- ``environment``: an environment.yml with exact ``name=version=build`` pins (one target)
+- ``explicit``: an ``@EXPLICIT`` file, one url#md5 per line in install order (one target);
+  the format has no place for PyPI wheels: they follow as comments, with the pip command
+- ``environment``: an environment.yml with exact ``name=version=build`` pins (one target) and
+  a ``pip:`` section pinning each PyPI wheel by version and sha256 (``--hash``)
 - ``conda-lock``: a conda-lock.yml for one variant, every platform of the role (conda-lock
   allows one entry per package and platform, so CUDA variants go to separate files)
 - ``pixi``: a pixi.lock-format file with one environment per variant, every platform
@@ -62,6 +64,12 @@ def render_explicit(target: LockedTarget, *, source: str, what: str) -> str:
     from envbuild.lock.conda import install_order
 
     lines += [f"{p.url}#{p.md5}" for p in install_order(target.packages)]
+    if target.wheels:
+        lines += [
+            "# PyPI wheels, installed after the packages above (not part of @EXPLICIT):",
+            "#   pip install --no-deps --require-hashes -r FILE, FILE holding these lines:",
+            *(f"#   {w.url} --hash=sha256:{w.sha256}" for w in target.wheels),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -69,11 +77,16 @@ def render_environment(
     target: LockedTarget, channels: Sequence[str], *, name: str, source: str, what: str
 ) -> str:
     """An environment.yml pinning every package to its exact version and build."""
-    document = {
-        "name": name,
-        "channels": list(channels),
-        "dependencies": sorted(f"{p.name}={p.version}={p.build}" for p in target.packages),
-    }
+    dependencies: list[object] = [
+        *sorted(f"{p.name}={p.version}={p.build}" for p in target.packages)
+    ]
+    if target.wheels:
+        # conda hands these lines to pip as a requirements file: every wheel pinned by its
+        # version and sha256, and pip's hash checking then refuses anything else
+        dependencies.append(
+            {"pip": [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in target.wheels]}
+        )
+    document = {"name": name, "channels": list(channels), "dependencies": dependencies}
     body = yamldoc.dump(document, width=80)
     return _header(source, what) + f"# platform: {target.platform}\n" + body
 
@@ -167,16 +180,20 @@ def _write_pixi(lock: Lock, output: Path | None) -> str | None:
     from envbuild.lock import conda
 
     environments: dict[str, dict[str, tuple[Sequence[str], Sequence[LockedPackage]]]] = {}
+    wheels: dict[str, dict[str, Sequence[tuple[str, str, str]]]] = {}
     for target in lock.targets:
         environments.setdefault(target.variant, {})[target.platform] = (
             target.virtual_packages,
             target.packages,
         )
+        wheels.setdefault(target.variant, {})[target.platform] = [
+            (w.name, w.version, w.url) for w in target.wheels
+        ]
     # rattler writes only to a path: stage it, then write it where it goes (atomically, or
     # into a device or pipe as it is).
     with tempfile.TemporaryDirectory(prefix="envbuild-pixi-") as tmp:
         staged = Path(tmp) / "pixi.lock"
-        conda.write_pixi_lock(staged, lock.channels, environments)
+        conda.write_pixi_lock(staged, lock.channels, environments, wheels)
         data = staged.read_bytes()
     if output is None:
         return data.decode()

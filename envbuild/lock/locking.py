@@ -24,6 +24,7 @@ from envbuild.lock.lockfile import (
     write_lock,
 )
 from envbuild.lock.progress import SilentReporter
+from envbuild.lock.wheels import LockedWheel
 from envbuild.spec import ROLES, SPEC_FILE_NAME
 from envbuild.spec.file import SpecFile, digest, load_spec, read_spec_bytes
 from envbuild.spec.matchspec import dependency_name
@@ -120,7 +121,12 @@ def _roles(spec_file: SpecFile, variants: Sequence[Variant]) -> tuple[LockedRole
 
 def _check_update_names(names: Sequence[str], previous: Lock | None, spec_file: SpecFile) -> None:
     known = {p.name for t in previous.targets for p in t.packages} if previous else set()
+    known |= {w.name for t in previous.targets for w in t.wheels} if previous else set()
     known |= {dependency_name(s) for s in spec_file.spec.dependencies}
+    if spec_file.spec.uses_pypi:
+        from envbuild.spec.fields import pypi_name
+
+        known |= {pypi_name(s) for s in spec_file.spec.pypi_dependencies}
     for name in names:
         if name not in known:
             raise SelectionError(f"--update {name}: no package '{name}' in the lock or the spec")
@@ -205,6 +211,9 @@ def _resolve(
             t.target: [p for p in t.packages if p.name not in moving] for t in previous.targets
         }
     resolution = asyncio.run(resolve(plan, reporter, preferred=preferred))
+    wheels, pypi_specs, pypi_solves = _lock_pypi(
+        spec_file, plan, resolution.packages, previous, update, reporter
+    )
     variants = derive_variants(spec_file.spec)
     new_lock = Lock(
         name=spec_file.spec.name,
@@ -217,13 +226,41 @@ def _resolve(
                 specs=request.specs,
                 virtual_packages=request.virtual_packages,
                 packages=resolution.packages[request.target],
+                wheels=wheels.get(request.target, ()),
+                pypi_specs=pypi_specs.get(request.target, ()),
             )
             for request in plan.requests
         ),
         gpu_dependencies=tuple(sorted(plan.gpu_dependencies)),
         spec_file_sha256=file_digest,
     )
-    return new_lock, resolution.solves
+    return new_lock, resolution.solves + pypi_solves
+
+
+def _lock_pypi(
+    spec_file: SpecFile,
+    plan: Plan,
+    packages: dict[Target, tuple[LockedPackage, ...]],
+    previous: Lock | None,
+    update: Sequence[str],
+    reporter: Reporter,
+) -> tuple[dict[Target, tuple[LockedWheel, ...]], dict[Target, tuple[str, ...]], int]:
+    """The targets' PyPI wheels, after their conda solve (envbuild.lock.pypiplan)."""
+    if not spec_file.spec.uses_pypi:
+        return {}, {}, 0
+    from envbuild.lock.pypi import Sources
+    from envbuild.lock.pypiplan import lock_pypi
+
+    reporter.note(f"resolving the PyPI requirements of {len(plan.requests)} targets")
+    indexes, find_links = spec_file.pypi_locations()
+    sources = Sources(None if indexes is None else tuple(indexes), tuple(find_links))
+    moving = set(update)
+    preferred = {
+        t.target: {w.name: w.version for w in t.wheels if w.name not in moving}
+        for t in (previous.targets if previous else ())
+    }
+    requests = [(r.target, r.cuda, r.virtual_packages) for r in plan.requests]
+    return lock_pypi(spec_file.spec, sources, requests, packages, preferred)
 
 
 def _stale(spec_file: SpecFile, current: Lock, lock_path: Path) -> LockStaleError | None:

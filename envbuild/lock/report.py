@@ -33,7 +33,14 @@ def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict
             }
             for role in lock.roles
         ],
-        "targets": [{"target": str(t.target), "packages": len(t.packages)} for t in lock.targets],
+        "targets": [
+            {
+                "target": str(t.target),
+                "packages": len(t.packages),
+                **({"pypi-packages": len(t.wheels)} if t.wheels else {}),
+            }
+            for t in lock.targets
+        ],
         "differences": [
             {
                 "platform": d.platform,
@@ -44,6 +51,8 @@ def summarize(lock: Lock, *, fresh: bool | None, packages: bool = False) -> dict
             for d in differences
         ],
     }
+    if any(t.wheels for t in lock.targets):
+        summary["pypi-packages"] = pypi_summary(lock)
     if packages:
         summary["packages"] = {
             str(t.target): [
@@ -81,7 +90,13 @@ def render(summary: dict[str, Any]) -> str:
         role_rows.append([role["role"], role["variant"], where, gpu])
     lines += _table(role_rows)
     lines.append("targets:")
-    lines += _table([[t["target"], f"{t['packages']} packages"] for t in summary["targets"]])
+    lines += _table(
+        [
+            [t["target"], f"{t['packages']} packages"]
+            + ([f"+ {t['pypi-packages']} from PyPI"] if "pypi-packages" in t else [])
+            for t in summary["targets"]
+        ]
+    )
     if summary["differences"]:
         lines.append("differences between variants:")
         rows = []
@@ -91,9 +106,68 @@ def render(summary: dict[str, Any]) -> str:
         lines += _table(rows)
     else:
         lines.append("differences between variants: none")
+    if "pypi-packages" in summary:
+        lines.append("PyPI packages (wheels, installed after the conda packages):")
+        lines += _table(
+            [
+                [
+                    p["name"],
+                    "  ".join(f"{v}: {', '.join(t)}" for v, t in p["versions"].items()),
+                    f"from {p['source']}",
+                    f"needed by {', '.join(p['needed-by'])}",
+                ]
+                for p in summary["pypi-packages"]
+            ]
+        )
     if "packages" in summary:
         lines += render_packages(summary)
     return "\n".join(lines)
+
+
+def pypi_summary(lock: Lock) -> list[dict[str, Any]]:
+    """Every PyPI package: its version(s) with their targets, where its wheels come from, and
+    what needs it (a spec requirement, or another PyPI package)."""
+    import re
+
+    from envbuild.lock.wheels import normalize
+
+    def name_of(requirement: str) -> str:
+        return normalize(re.split(r"[\s\[(<>=!~;]", requirement.strip(), maxsplit=1)[0])
+
+    found: dict[str, dict[str, Any]] = {}
+    for target in lock.targets:
+        asked = {name_of(r) for r in target.pypi_specs}
+        for wheel in target.wheels:
+            entry = found.setdefault(
+                wheel.name,
+                {"name": wheel.name, "versions": {}, "sources": set(), "needed-by": set()},
+            )
+            entry["versions"].setdefault(wheel.version, []).append(str(target.target))
+            entry["sources"].add(_source(wheel.url))
+            if wheel.name in asked:
+                entry["needed-by"].add("the spec")
+            for other in target.wheels:
+                if wheel.name in {name_of(r) for r in other.requires_dist}:
+                    entry["needed-by"].add(other.name)
+    return [
+        {
+            "name": e["name"],
+            "versions": e["versions"],
+            "source": ", ".join(sorted(e["sources"])),
+            "needed-by": sorted(e["needed-by"]),
+        }
+        for _, e in sorted(found.items())
+    ]
+
+
+def _source(url: str) -> str:
+    """Where a wheel comes from: the index's host, or the local folder."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return parsed.path.rsplit("/", 1)[0]
+    return parsed.netloc
 
 
 def render_packages(summary: dict[str, Any]) -> list[str]:
@@ -107,6 +181,10 @@ def render_packages(summary: dict[str, Any]) -> list[str]:
     for target, packages in summary["packages"].items():
         for package in packages:
             versions.setdefault(package["name"], {})[target] = package["version"]
+    for package in summary.get("pypi-packages", []):
+        for version, where in package["versions"].items():
+            for target in where:
+                versions.setdefault(f"{package['name']} (pypi)", {})[target] = version
     header = [["package", *(roles_of[t] or "-" for t in targets)], ["", *targets]]
     rows = [[name, *(v.get(t, "-") for t in targets)] for name, v in sorted(versions.items())]
     return ["packages:", *_table(header + rows)]

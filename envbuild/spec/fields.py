@@ -242,3 +242,87 @@ def threads_for(cpu: str) -> int:
 
 CpuText = _field(_cpu, {"pattern": _CPU})
 MemoryText = _field(_memory, {"pattern": _MEMORY})
+
+
+# --- PyPI requirements and indexes ---
+
+#: The one placeholder a gpu-pypi-dependency may carry in its name: the variant's CUDA major.
+CUDA_MAJOR = "{cuda_major}"
+_PYPI_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_PYPI_TEMPLATE_NAME = (
+    r"(?:[A-Za-z0-9]|\{cuda_major\})(?:(?:[A-Za-z0-9._-]|\{cuda_major\})*"
+    r"(?:[A-Za-z0-9]|\{cuda_major\}))?"
+)
+_EXTRAS = rf"\[\s*(?:{_PYPI_NAME}(?:\s*,\s*{_PYPI_NAME})*)?\s*\]"
+# PEP 440 versions in their usual spelling (pre, post and dev releases in normal form); the
+# loader also parses every requirement with packaging, behind this pattern.
+_RELEASE = r"[0-9]+(?:\.[0-9]+)*"
+_SUFFIX = r"(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+_LOCAL = r"\+[a-z0-9]+(?:\.[a-z0-9]+)*"
+_CLAUSE_508 = (
+    rf"(?:(?:==|!=)\s*{_RELEASE}(?:\.\*|{_SUFFIX}(?:{_LOCAL})?)"
+    rf"|~=\s*[0-9]+(?:\.[0-9]+)+{_SUFFIX}"
+    rf"|(?:<=|>=|<|>)\s*{_RELEASE}{_SUFFIX})"
+)
+_SPECIFIERS = rf"{_CLAUSE_508}(?:\s*,\s*{_CLAUSE_508})*"
+#: Markers are checked by the loader alone (their grammar is beyond a pattern's reach).
+_TAIL = rf"\s*(?:{_EXTRAS}\s*)?(?:(?:\(\s*{_SPECIFIERS}\s*\)|{_SPECIFIERS})\s*)?(?:;[^\n]*\S)?\s*$"
+_REQUIREMENT = rf"^(?=[\s\S]{{1,400}}$)\s*{_PYPI_NAME}{_TAIL}"
+_TEMPLATE_REQUIREMENT = rf"^(?=[\s\S]{{1,400}}$)\s*{_PYPI_TEMPLATE_NAME}{_TAIL}"
+
+
+def pypi_name(text: str) -> str:
+    """The normalized distribution name of a PEP 508 requirement (PEP 503: ``Foo_Bar`` is
+    ``foo-bar``); ValueError for text that is not a requirement with a version from an index."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not re.fullmatch(_REQUIREMENT, text):
+        raise ValueError(
+            f"{shown(text)} is not a PyPI requirement: NAME[EXTRAS] [VERSIONS] [; MARKERS], "
+            'e.g. "xarray >=2024.7" (no direct URLs: versions come from the index)'
+        )
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        raise ValueError(f"{shown(text)} is not a PyPI requirement: {str(exc)[:80]}") from None
+    return re.sub(r"[-_.]+", "-", requirement.name).lower()
+
+
+def _pypi_requirement(text: str) -> str:
+    pypi_name(text)
+    return text
+
+
+def _gpu_pypi_requirement(text: str) -> str:
+    head = re.match(rf"\s*{_PYPI_TEMPLATE_NAME}", text)
+    rest = text[head.end() :] if head else text
+    if "{" in rest or "}" in rest or "{" in text.replace(CUDA_MAJOR, ""):
+        raise ValueError(
+            f"{shown(text)}: the only placeholder is {CUDA_MAJOR}, in the package name (the "
+            'variant\'s CUDA major, e.g. "cupy-cuda{cuda_major}x")'
+        )
+    pypi_name(text.replace(CUDA_MAJOR, "12"))
+    return text
+
+
+def _pypi_index(text: str) -> str:
+    if not text.strip() or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{shown(text)} is not a PyPI index URL or path")
+    if carries_credentials(text):
+        raise ValueError(PYPI_CREDENTIALS_MESSAGE)  # never echo the secret itself
+    return text
+
+
+PYPI_CREDENTIALS_MESSAGE = (
+    "a PyPI index or find-links location carries credentials (user:password@, a /t/TOKEN/ "
+    "segment or a ?query), which would land in envbuild.lock and every export: remove them "
+    "and keep them in ~/.netrc, which the resolver and installer read"
+)
+
+PypiRequirementText = _field(_pypi_requirement, {"pattern": _REQUIREMENT})
+GpuPypiRequirementText = _field(
+    _gpu_pypi_requirement,
+    # a brace only as {cuda_major}, and only before the markers
+    {"pattern": r"^(?![^;]*\{(?!cuda_major\}))(?![^;]*;[\s\S]*[{}])" + _TEMPLATE_REQUIREMENT[1:]},
+)
+PypiIndexText = _field(_pypi_index, {"pattern": _CHANNEL, "minLength": 1})

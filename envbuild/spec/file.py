@@ -71,6 +71,22 @@ class SpecFile:
         if problems:
             raise _spec_error(problems)
 
+    def pypi_locations(self) -> tuple[list[str] | None, list[str]]:
+        """PyPI index URLs (None: the default index) and find-links, paths made absolute
+        relative to the spec file (as channels are)."""
+        from envbuild.spec.channels import is_url
+
+        def located(text: str) -> str:
+            if is_url(text):
+                return text.rstrip("/")
+            return str((self.path.parent / Path(text).expanduser()).resolve())
+
+        indexes = self.spec.pypi_index_urls
+        return (
+            None if indexes is None else [located(u) for u in indexes],
+            [located(u) for u in self.spec.pypi_find_links],
+        )
+
     def channel_urls(self) -> list[str]:
         """Channels as URLs: names via conda.anaconda.org, paths relative to the spec file."""
         return [resolve_channel(c, self.path.parent) for c in self.spec.channels]

@@ -23,16 +23,20 @@ from pydantic import (
 
 from envbuild.spec import ROLES
 from envbuild.spec.fields import (
+    CUDA_MAJOR,
     RESERVED_PACKAGES,
     BaseText,
     ChannelText,
     ComputeCapabilityText,
     CpuText,
     CudaVersion,
+    GpuPypiRequirementText,
     MatchSpecText,
     MemoryText,
     Platform,
     PrefixText,
+    PypiIndexText,
+    PypiRequirementText,
     RepositoryText,
     UserText,
     VersionText,
@@ -185,6 +189,31 @@ class Spec(_Strict):
         max_length=MAX_DEPENDENCIES,
         description="Added to CUDA variants only.",
     )
+    pypi_dependencies: list[PypiRequirementText] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDENCIES,
+        description="PyPI requirements (PEP 508), installed as wheels after the conda packages in "
+        "every role; a distribution a conda package provides is never replaced.",
+    )
+    gpu_pypi_dependencies: list[GpuPypiRequirementText] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDENCIES,
+        description="PyPI requirements added to CUDA variants only; "
+        + CUDA_MAJOR
+        + ' in a name is the variant\'s CUDA major ("cupy-cuda{cuda_major}x").',
+    )
+    pypi_index_urls: list[PypiIndexText] | None = Field(
+        default=None,
+        max_length=32,
+        description="PyPI indexes (PEP 503/691), URLs or paths relative to this file; default "
+        "https://pypi.org/simple, [] for none (find-links only). No credentials.",
+    )
+    pypi_find_links: list[PypiIndexText] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Folders or pages of wheels (pip's --find-links), URLs or paths relative to "
+        "this file. No credentials.",
+    )
     allow_platform_divergence: list[str] = Field(
         default_factory=list,
         description="Packages whose version may differ between platforms.",
@@ -193,10 +222,28 @@ class Spec(_Strict):
     roles: Roles
     image: ImageSettings = Field(default_factory=ImageSettings)
 
-    @field_validator("platforms", "channels", "dependencies", "gpu_dependencies")
+    @field_validator(
+        "platforms",
+        "channels",
+        "dependencies",
+        "gpu_dependencies",
+        "pypi_dependencies",
+        "gpu_pypi_dependencies",
+        "pypi_find_links",
+    )
     @classmethod
     def _no_duplicates(cls, values: list[str]) -> list[str]:
         return _unique(values)
+
+    @field_validator("pypi_index_urls")
+    @classmethod
+    def _no_duplicate_indexes(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _unique(values)
+
+    @property
+    def uses_pypi(self) -> bool:
+        """Whether the spec has PyPI requirements at all."""
+        return bool(self.pypi_dependencies or self.gpu_pypi_dependencies)
 
     def role(self, name: str) -> Role:
         """The role called ``name``."""
@@ -211,14 +258,24 @@ class Spec(_Strict):
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the spec, as committed in envbuild/schema/: the models' fields, and
     what the loader checks beyond them that a schema can say (``gpu: false``, no GPU role on
-    macOS). Only one rule stays the loader's: a package named twice in one list under two
-    spellings (``numpy`` and ``numpy >=1``)."""
+    macOS). Two rules stay the loader's: a package named twice in one list under two
+    spellings (``numpy`` and ``numpy >=1``), and the grammar of a PyPI requirement's
+    environment markers (after ``;``)."""
     schema = Spec.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     role = schema["$defs"]["Role"]["properties"]
     role["gpu"]["anyOf"].append({"const": False})
-    for name in ("platforms", "channels", "dependencies", "gpu-dependencies"):
+    for name in (
+        "platforms",
+        "channels",
+        "dependencies",
+        "gpu-dependencies",
+        "pypi-dependencies",
+        "gpu-pypi-dependencies",
+        "pypi-find-links",
+    ):
         schema["properties"][name]["uniqueItems"] = True
+    schema["properties"]["pypi-index-urls"]["anyOf"][0]["uniqueItems"] = True
     role["platforms"]["anyOf"][0]["uniqueItems"] = True
     schema["allOf"] = [_no_gpu_on_macos(name) for name in ROLES]
     return schema
@@ -243,11 +300,24 @@ def _no_gpu_on_macos(role: str) -> dict[str, Any]:
 
 #: Spec fields that do not decide the lock.
 _NOT_LOCKED: Any = {"image": True, "roles": {r: {"resources"} for r in ROLES}}
+#: PyPI fields: they decide the lock, and are left out of its hash while unset, so that a spec
+#: without them keeps the hash (and its lock stays current) it had before they existed.
+_PYPI_FIELDS = (
+    "pypi-dependencies",
+    "gpu-pypi-dependencies",
+    "pypi-index-urls",
+    "pypi-find-links",
+)
 
 
 def spec_hash(spec: Spec) -> str:
     """sha256 of the canonical JSON of what decides the lock."""
     content = spec.model_dump(mode="json", by_alias=True, exclude=_NOT_LOCKED)
+    for key in _PYPI_FIELDS:
+        # pypi-index-urls: [] means "no index", unlike unset
+        unset: list[str] | None = None if key == "pypi-index-urls" else []
+        if content[key] == unset:
+            del content[key]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
