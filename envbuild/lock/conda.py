@@ -6,18 +6,30 @@ of envbuild sees LockedPackage and plain strings.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import functools
 import json
+import os
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envbuild.errors import ChannelError, InstallError, SolveError
+from envbuild.errors import (
+    ChannelError,
+    EnvbuildError,
+    InstallError,
+    SolveError,
+    UnsafePackageError,
+)
 from envbuild.lock.lockfile import LockedPackage
 
 if TYPE_CHECKING:
+    import subprocess
+
     from rattler import Gateway, RepoDataRecord
 
 
@@ -53,8 +65,36 @@ def sort_versions(versions: Iterable[str]) -> list[str]:
 
 
 def from_rattler(record: RepoDataRecord) -> LockedPackage:
-    """A solver record as envbuild stores it."""
-    return LockedPackage.from_dict(json.loads(record.to_json()))
+    """A solver record as envbuild stores it; UnsafePackageError for one whose names could
+    not be folder names (``name_problem``)."""
+    package = LockedPackage.from_dict(json.loads(record.to_json()))
+    if why := name_problem(package):
+        raise UnsafePackageError(f"package {package.name}-{package.version}-{package.build} {why}")
+    return package
+
+
+def name_problem(package: LockedPackage) -> str | None:
+    """Why ``package``'s name, version, build, subdir or file name cannot be used as a
+    folder or file name (rattler's package cache files it under NAME-VERSION-BUILD/), e.g.
+    ``is unsafe: its build 'x/../../escaped' has a '/'``; None when they all can."""
+    fields = {
+        "name": package.name,
+        "version": package.version,
+        "build": package.build,
+        "subdir": package.subdir,
+        "file name": package.file_name,
+    }
+    for field, value in fields.items():
+        why = None
+        if value in ("", ".", ".."):
+            why = "is empty, '.' or '..'"
+        elif "/" in value or "\\" in value:
+            why = "has a '/' or '\\'"
+        elif not value.isprintable():
+            why = "has a control character"
+        if why:
+            return f"is unsafe: its {field} {json.dumps(value)} {why}"
+    return None
 
 
 def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
@@ -130,6 +170,8 @@ class Solver:
         from rattler import BuildString, GenericVirtualPackage, PackageName, Subdir, Version, solve
         from rattler.exceptions import SolverError
 
+        global _runtime_started
+        _runtime_started = True
         declared = []
         for text in virtual_packages:
             name, version, build = text.split("=")
@@ -158,6 +200,8 @@ class Solver:
         """Every version of ``name`` the channels offer for ``platform`` (noarch included)."""
         from rattler import Subdir
 
+        global _runtime_started
+        _runtime_started = True
         try:
             found = await self.gateway.query(
                 list(channels), [Subdir(platform), Subdir("noarch")], [name], recursive=False
@@ -202,9 +246,12 @@ def current_platform() -> str:
 
 
 _FETCH_FAILED = re.compile(r"failed to fetch (\S+)")
+#: Whether this process has started rattler's runtime (a solve, a query): a fork after that
+#: would give the child a runtime without its threads.
+_runtime_started = False
 
 
-async def install(
+def install(
     packages: Sequence[LockedPackage],
     prefix: Path,
     *,
@@ -213,6 +260,7 @@ async def install(
     show_progress: bool,
     reinstall: Collection[str] = (),
     installed_as: str | None = None,
+    sources: Mapping[str, Path] | None = None,
 ) -> None:
     """Install exactly ``packages`` into ``prefix``: missing ones are added, others removed.
 
@@ -223,9 +271,53 @@ async def install(
     ``reinstall`` names packages to install again although a record for them is there
     (rattler keeps a package whose record was edited as long as its sha256 still matches).
 
+    ``sources``: local copies of remote archives (by sha256), checked and downloaded already
+    (``download``): rattler installs from them, and the records keep the channel's url.
+
     rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
-    callers verify those first (envbuild.env.archives.check_local_archives).
+    callers verify those first (envbuild.env.archives.check_archives).
+
+    rattler runs in a child process (``_in_child``): when this returns or raises, every
+    thread of the install has stopped, so a caller may remove what it made, and this
+    process never has rattler's runtime to race at its exit.
     """
+    swapped = dict(sources or {})
+    records = [_with_source(p, swapped.get(p.sha256)) for p in packages]
+    arguments = (records, prefix, cache_dir, platform, show_progress, set(reinstall), installed_as)
+    _in_child(_install_child, arguments, f"installing into {prefix}")
+    if swapped:
+        _restore_urls(prefix, [p for p in packages if p.sha256 in swapped])
+
+
+def _with_source(package: LockedPackage, source: Path | None) -> LockedPackage:
+    if source is None:
+        return package
+    return dataclasses.replace(package, url=source.absolute().as_uri())
+
+
+def _restore_urls(prefix: Path, packages: Sequence[LockedPackage]) -> None:
+    """The records of packages installed from local copies say the channel's url."""
+    from envbuild.files.atomic import write_atomic
+
+    for package in packages:
+        record = prefix / "conda-meta" / f"{package.name}-{package.version}-{package.build}.json"
+        try:
+            document = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        document["url"] = package.url
+        write_atomic(record, json.dumps(document, indent=2) + "\n")
+
+
+async def _install_child(
+    packages: Sequence[LockedPackage],
+    prefix: Path,
+    cache_dir: Path,
+    platform: str,
+    show_progress: bool,
+    reinstall: set[str],
+    installed_as: str | None,
+) -> None:
     from rattler import Subdir
     from rattler import install as rattler_install
 
@@ -236,7 +328,7 @@ async def install(
             cache_dir=cache_dir,
             platform=Subdir(platform),
             show_progress=show_progress,
-            reinstall_packages=set(reinstall),
+            reinstall_packages=reinstall,
             alternative_target_prefix=installed_as,
         )
     except Exception as exc:
@@ -250,6 +342,142 @@ async def install(
             ) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise InstallError(f"installing into {prefix} failed: {first}", details=text) from None
+
+
+def download(archives: Sequence[tuple[LockedPackage, Path]]) -> None:
+    """Download each package's archive to its path (rattler's client: its retries and the
+    channel's credentials; eight at a time); the caller checks their sha256."""
+    if archives:
+        wanted = [(p.url, path) for p, path in archives]
+        _in_child(_download_child, (wanted,), f"downloading {len(wanted)} packages")
+
+
+async def _download_child(archives: Sequence[tuple[str, Path]]) -> None:
+    import asyncio
+
+    from rattler.networking.client import Client
+    from rattler.package_streaming import download_to_path
+
+    client, slots = Client.default_client(), asyncio.Semaphore(8)
+
+    async def one(url: str, path: Path) -> None:
+        async with slots:
+            try:
+                await download_to_path(client, url, path)
+            except Exception as exc:
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise InstallError(f"cannot download {url}: {first}", details=text) from None
+
+    await asyncio.gather(*(one(url, path) for url, path in archives))
+
+
+def _fork_is_safe() -> bool:
+    """A fork copies one thread: safe while rattler's runtime has not started here and no
+    other thread runs (one holding a lock would leave it held in the child forever)."""
+    try:
+        threads = sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:
+        return False
+    return threads == 1 and not _runtime_started
+
+
+def _in_child(job: Callable[..., Any], arguments: tuple[Any, ...], what: str) -> None:
+    """Run the coroutine function ``job(*arguments)`` in a child process and wait for it to
+    end; its EnvbuildError is raised here.
+
+    The child is forked (a few ms) when that is safe, else a new interpreter runs it. It ends
+    with os._exit, never with the interpreter shutdown that can race rattler's threads (a raw
+    rattler.install script dies of SIGSEGV about once in ten runs at exit), and this process
+    never starts rattler's runtime for an install. The parent waits until the child has
+    exited, even when interrupted, so nothing of the job runs once this returns or raises."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    spawned = None
+    try:
+        if _fork_is_safe():
+            pid = os.fork()
+            if pid == 0:  # the child
+                os.close(read_end)
+                _child_main(write_end, job, arguments)
+        else:
+            spawned = _spawn(write_end, pickle.dumps((job, arguments)))
+            pid = spawned.pid
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+
+    def wait() -> int:
+        if spawned is not None:
+            return spawned.wait()
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    try:
+        with os.fdopen(read_end, "rb") as results:
+            answer = results.read()
+        code = wait()
+    except BaseException:  # interrupted: the child ends before we go on
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+            wait()
+        raise
+    if not answer or code not in (0, 1):
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise InstallError(f"{what} failed: the installer process died ({how})")
+    outcome = pickle.loads(answer)  # noqa: S301 - our own child's answer
+    if outcome != "done":  # (class name, message, details)
+        from envbuild import errors
+
+        kind, message, details = outcome
+        raise getattr(errors, kind, InstallError)(message, details=details)
+
+
+def _spawn(write_end: int, payload: bytes) -> subprocess.Popen[bytes]:
+    """A new interpreter that runs ``payload`` (a pickled job) and answers on ``write_end``."""
+    import subprocess
+
+    code = "import sys; from envbuild.lock.conda import _spawned; _spawned(int(sys.argv[1]))"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(write_end)],
+        stdin=subprocess.PIPE,
+        pass_fds=(write_end,),
+        env=environment,
+    )
+    assert child.stdin is not None
+    with child.stdin:
+        child.stdin.write(payload)
+    return child
+
+
+def _spawned(write_end: int) -> None:
+    import pickle
+
+    job, arguments = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
+    _child_main(write_end, job, arguments)
+
+
+def _child_main(write_end: int, job: Callable[..., Any], arguments: tuple[Any, ...]) -> None:
+    import asyncio
+    import pickle
+
+    status, answer = 0, pickle.dumps("done")
+    try:
+        asyncio.run(job(*arguments))
+    except EnvbuildError as exc:
+        status, answer = 1, pickle.dumps((type(exc).__name__, str(exc), exc.details))
+    except BaseException as exc:  # a bug, or an interrupt: say it, exit non-zero
+        status, answer = 1, pickle.dumps(("InstallError", f"{type(exc).__name__}: {exc}", None))
+    finally:
+        with contextlib.suppress(OSError), os.fdopen(write_end, "wb") as results:
+            results.write(answer)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
 
 
 def write_pixi_lock(
