@@ -6,30 +6,25 @@ of envbuild sees LockedPackage and plain strings.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
 import json
-import os
 import re
-import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envbuild.errors import (
     ChannelError,
-    EnvbuildError,
     InstallError,
     SolveError,
     UnsafePackageError,
 )
+from envbuild.lock import isolated
 from envbuild.lock.lockfile import LockedPackage
 
 if TYPE_CHECKING:
-    import subprocess
-
     from rattler import Gateway, RepoDataRecord
 
 
@@ -277,14 +272,14 @@ def install(
     rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
     callers verify those first (envbuild.env.archives.check_archives).
 
-    rattler runs in a child process (``_in_child``): when this returns or raises, every
+    rattler runs in a child process (``envbuild.lock.isolated``): when this returns or raises, every
     thread of the install has stopped, so a caller may remove what it made, and this
     process never has rattler's runtime to race at its exit.
     """
     swapped = dict(sources or {})
     records = [_with_source(p, swapped.get(p.sha256)) for p in packages]
     arguments = (records, prefix, cache_dir, platform, show_progress, set(reinstall), installed_as)
-    _in_child(_install_child, arguments, f"installing into {prefix}")
+    isolated.run(_install_child, arguments, f"installing into {prefix}", fork=_fork_is_safe())
     if swapped:
         _restore_urls(prefix, [p for p in packages if p.sha256 in swapped])
 
@@ -344,12 +339,21 @@ async def _install_child(
         raise InstallError(f"installing into {prefix} failed: {first}", details=text) from None
 
 
+def _fork_is_safe() -> bool:
+    return isolated.fork_is_safe(_runtime_started)
+
+
 def download(archives: Sequence[tuple[LockedPackage, Path]]) -> None:
     """Download each package's archive to its path (rattler's client: its retries and the
     channel's credentials; eight at a time); the caller checks their sha256."""
     if archives:
         wanted = [(p.url, path) for p, path in archives]
-        _in_child(_download_child, (wanted,), f"downloading {len(wanted)} packages")
+        isolated.run(
+            _download_child,
+            (wanted,),
+            f"downloading {len(wanted)} packages",
+            fork=_fork_is_safe(),
+        )
 
 
 async def _download_child(archives: Sequence[tuple[str, Path]]) -> None:
@@ -370,114 +374,6 @@ async def _download_child(archives: Sequence[tuple[str, Path]]) -> None:
                 raise InstallError(f"cannot download {url}: {first}", details=text) from None
 
     await asyncio.gather(*(one(url, path) for url, path in archives))
-
-
-def _fork_is_safe() -> bool:
-    """A fork copies one thread: safe while rattler's runtime has not started here and no
-    other thread runs (one holding a lock would leave it held in the child forever)."""
-    try:
-        threads = sum(1 for _ in Path("/proc/self/task").iterdir())
-    except OSError:
-        return False
-    return threads == 1 and not _runtime_started
-
-
-def _in_child(job: Callable[..., Any], arguments: tuple[Any, ...], what: str) -> None:
-    """Run the coroutine function ``job(*arguments)`` in a child process and wait for it to
-    end; its EnvbuildError is raised here.
-
-    The child is forked (a few ms) when that is safe, else a new interpreter runs it. It ends
-    with os._exit, never with the interpreter shutdown that can race rattler's threads (a raw
-    rattler.install script dies of SIGSEGV about once in ten runs at exit), and this process
-    never starts rattler's runtime for an install. The parent waits until the child has
-    exited, even when interrupted, so nothing of the job runs once this returns or raises."""
-    import pickle
-
-    read_end, write_end = os.pipe()
-    spawned = None
-    try:
-        if _fork_is_safe():
-            pid = os.fork()
-            if pid == 0:  # the child
-                os.close(read_end)
-                _child_main(write_end, job, arguments)
-        else:
-            spawned = _spawn(write_end, pickle.dumps((job, arguments)))
-            pid = spawned.pid
-    except BaseException:
-        os.close(read_end)
-        raise
-    finally:
-        os.close(write_end)
-
-    def wait() -> int:
-        if spawned is not None:
-            return spawned.wait()
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-    try:
-        with os.fdopen(read_end, "rb") as results:
-            answer = results.read()
-        code = wait()
-    except BaseException:  # interrupted: the child ends before we go on
-        with contextlib.suppress(OSError):
-            os.kill(pid, 9)
-            wait()
-        raise
-    if not answer or code not in (0, 1):
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        raise InstallError(f"{what} failed: the installer process died ({how})")
-    outcome = pickle.loads(answer)  # noqa: S301 - our own child's answer
-    if outcome != "done":  # (class name, message, details)
-        from envbuild import errors
-
-        kind, message, details = outcome
-        raise getattr(errors, kind, InstallError)(message, details=details)
-
-
-def _spawn(write_end: int, payload: bytes) -> subprocess.Popen[bytes]:
-    """A new interpreter that runs ``payload`` (a pickled job) and answers on ``write_end``."""
-    import subprocess
-
-    code = "import sys; from envbuild.lock.conda import _spawned; _spawned(int(sys.argv[1]))"
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(write_end)],
-        stdin=subprocess.PIPE,
-        pass_fds=(write_end,),
-        env=environment,
-    )
-    assert child.stdin is not None
-    with child.stdin:
-        child.stdin.write(payload)
-    return child
-
-
-def _spawned(write_end: int) -> None:
-    import pickle
-
-    job, arguments = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
-    _child_main(write_end, job, arguments)
-
-
-def _child_main(write_end: int, job: Callable[..., Any], arguments: tuple[Any, ...]) -> None:
-    import asyncio
-    import pickle
-
-    status, answer = 0, pickle.dumps("done")
-    try:
-        asyncio.run(job(*arguments))
-    except EnvbuildError as exc:
-        status, answer = 1, pickle.dumps((type(exc).__name__, str(exc), exc.details))
-    except BaseException as exc:  # a bug, or an interrupt: say it, exit non-zero
-        status, answer = 1, pickle.dumps(("InstallError", f"{type(exc).__name__}: {exc}", None))
-    finally:
-        with contextlib.suppress(OSError), os.fdopen(write_end, "wb") as results:
-            results.write(answer)
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(status)
 
 
 def write_pixi_lock(
