@@ -107,26 +107,39 @@ class _Budget:
             )
 
 
-class _Counted(io.RawIOBase):
-    """A decompressed stream whose bytes count against the budget (a flood of tar headers
-    weighs too)."""
+class _Forward(io.RawIOBase):
+    """A decompressed stream as tarfile's random-access reader wants it, forward only:
+    seeking ahead reads and drops the bytes between. Every byte counts against the budget
+    (a flood of tar headers weighs too). tarfile's own stream mode copies its whole buffer
+    for every 512-byte header; this does not."""
 
     def __init__(self, raw: IO[bytes], budget: _Budget) -> None:
-        self.raw, self.budget = raw, budget
+        self.raw, self.budget, self.position = raw, budget, 0
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
         data = self.raw.read(_CHUNK if size is None or size < 0 else size)
-        self.budget.streamed += len(data)
+        self.position += len(data)
+        self.budget.streamed = max(self.budget.streamed, self.position)
         self.budget.check("the archive")
         return data
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self.position + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self.position:
+            raise OSError("a streamed archive cannot be read backwards")
+        while self.position < target:
+            if not self.read(min(_CHUNK, target - self.position)):
+                break  # tarfile finds the end itself
+        return self.position
 
 
 def _kind(info: tarfile.TarInfo) -> Any:
@@ -141,7 +154,7 @@ def _kind(info: tarfile.TarInfo) -> Any:
 def _read_tar(
     stream: IO[bytes], section: int, budget: _Budget, members: list[Member], info: dict[str, bytes]
 ) -> None:
-    with tarfile.open(fileobj=_Counted(stream, budget), mode="r|", bufsize=_CHUNK) as tar:
+    with tarfile.open(fileobj=_Forward(stream, budget), mode="r:") as tar:
         for entry in tar:
             member = Member(
                 entry.name, _kind(entry), entry.mode, entry.size, entry.linkname, section

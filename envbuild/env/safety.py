@@ -27,8 +27,8 @@ symlink. Both raise ``Unsafe`` naming the path; the caller names the package.
 from __future__ import annotations
 
 import json
+import re
 import shlex
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,6 +44,8 @@ INFO_FILES = ("info/paths.json", "info/files", "info/has_prefix", "info/link.jso
 Kind = Literal["file", "dir", "symlink", "hardlink", "special"]
 _PATH_TYPES = {"hardlink": ("file", "hardlink"), "softlink": ("symlink",), "directory": ("dir",)}
 _MAX_HOPS = 40  # as Linux's ELOOP
+#: Unicode's control characters (Cc) and lone surrogates (a name that is not UTF-8).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class Unsafe(Exception):
@@ -117,7 +119,7 @@ def path_problem(path: object) -> str | None:
         return "is not a string"
     if not path:
         return "is empty"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in path):
+    if _CONTROL.search(path):
         return "has a NUL, newline or other control character (or is not UTF-8)"
     if path.startswith("/"):
         return "is absolute"
@@ -158,7 +160,7 @@ def target_problem(target: str) -> str | None:
     """Why a symlink may not point to ``target`` whatever lies there, None when it may."""
     if not target:
         return "is a symlink to nothing"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in target):
+    if _CONTROL.search(target):
         return f"is a symlink to {shown(target)}, which has a control character"
     if target.startswith("/"):
         return f"is a symlink to the absolute path {shown(target)}"
@@ -377,6 +379,10 @@ def _check_links(paths: Iterable[str], symlinks: Mapping[str, str], where: str) 
 
 def check_package(contents: Contents, python_site: str) -> Installs:
     """Judge one package; raise ``Unsafe`` naming the first path that makes it unsafe."""
+    for member in contents.members:  # rattler reads (and writes) info/ files in the cache
+        info = member.name.count("/") == 1 and member.name.startswith("info/")
+        if info and member.kind not in ("file", "dir"):
+            raise Unsafe(member.name, f"is a {member.kind}; the info files must be files")
     listed = _listed(contents)
     entry_points = _entry_points(contents)
     symlinks = _check_members(contents, listed)
