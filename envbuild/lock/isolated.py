@@ -28,12 +28,25 @@ if TYPE_CHECKING:
 
 def fork_is_safe(runtime_started: bool) -> bool:
     """A fork copies one thread: safe while rattler's runtime has not started here and no
-    other thread runs (one holding a lock would leave it held in the child forever)."""
-    try:
-        threads = sum(1 for _ in Path("/proc/self/task").iterdir())
-    except OSError:
+    other thread runs (one holding a lock would leave it held in the child forever). Threads
+    that Python has joined (a finished thread pool) may take a moment to leave the kernel's
+    list: up to 0.1 s is waited for them."""
+    import threading
+    import time
+
+    if runtime_started or threading.active_count() > 1:
         return False
-    return threads == 1 and not runtime_started
+    deadline = time.monotonic() + 0.1
+    while True:
+        try:
+            threads = sum(1 for _ in Path("/proc/self/task").iterdir())
+        except OSError:
+            return False
+        if threads == 1:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
 
 
 def run(job: Callable[..., Any], arguments: tuple[Any, ...], what: str, *, fork: bool) -> None:
