@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
         return staged
     from envbuild.lock import conda
 
-    with exclusive.hold(cache_dir, "another envbuild using the package cache", make=True):
+    with exclusive.hold(cache_dir, "another envbuild using the package cache", _waiting, make=True):
         site = python_site(target.packages)  # checked before anything is staged
         copies = check_archives(target.packages, cache_dir, site=site, download=conda.download)
         shutil.rmtree(staged, ignore_errors=True)
@@ -195,6 +196,10 @@ def _write_tar(
                 tar.addfile(_member(member, tarfile.DIRTYPE, 0o755))
 
 
+def _waiting(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
 def check_members(layer: str, files: Mapping[str, Path | bytes], prefix: str | None) -> None:
     """Every member of a layer is a normalized relative path (under ``prefix`` when given),
     and every staged file is a file, folder or symlink: what a package installs was checked
@@ -249,7 +254,7 @@ def write_context(
 
     Two envbuilds staging into one ``work`` folder take turns (``image --all`` twice at once
     would otherwise stage one variant into the same folder)."""
-    with exclusive.hold(work, "another envbuild staging images in this cache"):
+    with exclusive.hold(work, "another envbuild staging images in this cache", _waiting):
         return _write_context(lock, plan, context, work, cache_dir, runtime, parts, dockerfile)
 
 
