@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from envbuild.env.archives import read_contents
-from envbuild.env.safety import Contents, Member, Unsafe, check_package
+from envbuild.env.safety import Contents, Installs, Member, Unsafe, check_package, check_together
 
 from .conftest import REPO, require, runnable_spec
 from .hostile.crafted import Crafted, digests, entry, file, symlink, write_archive
@@ -55,15 +55,17 @@ def lock_and_env(
 @pytest.mark.slow
 def test_a_package_writing_through_another_packages_symlink_is_refused(sandbox: Sandbox) -> None:
     """evil-a's share/shared -> ../etc is harmless alone, and so is evil-b's
-    share/shared/envbuild/stamp.json; together they write envbuild's stamp."""
+    share/shared/envbuild/stamp.json; together they write envbuild's stamp. (A folder
+    reached through another package's symlink that stays in the prefix is allowed: compiler
+    sysroots do that.)"""
     first = Crafted(name="evil-a", payload=(symlink("share/shared", "../etc"),))
     second = Crafted(name="evil-b", payload=(file("share/shared/envbuild/stamp.json", "{}"),))
 
     result, escaped = lock_and_env(sandbox, [first, second])
 
     assert result.stderr == (
-        "envbuild: error: package evil-b-1.0-0 is unsafe: share/shared is written through a "
-        "symlink of evil-a-1.0-0\n"
+        "envbuild: error: package evil-b-1.0-0 is unsafe: share/shared/envbuild leads into "
+        "etc/envbuild through a symlink of evil-a-1.0-0\n"
     )
     assert result.returncode == 18
     assert not sandbox.prefix.exists()
@@ -81,6 +83,21 @@ def test_a_symlink_that_leads_out_only_once_resolved_is_refused(sandbox: Sandbox
     assert refusal(result, ["evil-1.0-0"], ["d/up"]) == [], said(result)
     assert escaped == []
     assert "d/up is a symlink to ../s/.., which leads out of the package" in result.stderr
+
+
+def test_a_folder_reached_through_another_packages_symlink_may_stay_inside() -> None:
+    """sysroot/lib64 -> lib of one package, files in sysroot/lib64/ of another: allowed; the
+    same symlink pointing at etc/envbuild, or out through a third package's link, is not."""
+    sysroot = Installs({"sysroot/lib64": "lib"}, ("sysroot",))
+    libs = Installs({}, ("sysroot", "sysroot/lib64", "sysroot/lib64/gconv"))
+    check_together({"sysroot": sysroot, "libs": libs}, SITE)
+    envbuilds = Installs({"sysroot/lib64": "../etc/envbuild"}, ("sysroot",))
+    with pytest.raises(Unsafe, match=r"^sysroot/lib64 leads into etc/envbuild through a") as it:
+        check_together({"sysroot": envbuilds, "libs": libs}, SITE)
+    assert it.value.package == "libs"
+    out = Installs({"up": ".."}, ())  # alone: a symlink to the prefix's parent
+    with pytest.raises(Unsafe, match="leads out through another's symlink"):
+        check_together({"a": Installs({"x": "up/.."}, ()), "b": out}, SITE)
 
 
 def contents(*members: Member, paths: list[dict[str, object]]) -> Contents:

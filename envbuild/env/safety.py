@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -407,7 +407,12 @@ def check_package(contents: Contents, python_site: str) -> Installs:
 
 def check_together(packages: Mapping[str, Installs], python_site: str) -> None:
     """Judge the packages of one prefix together (``packages``: by a name for each); raise
-    ``Unsafe`` whose ``package`` is the name of the package at fault."""
+    ``Unsafe`` whose ``package`` is the name of the package at fault.
+
+    A package's own symlinks were judged with it; here every symlink is followed through the
+    others' too, and a folder one package writes into may go through another's symlink (as
+    compiler sysroots do) only to a place inside the prefix that is not envbuild's or conda's.
+    """
     links: dict[str, tuple[str, str]] = {}  # prefix path -> (target, package)
     for name, installs in packages.items():
         for path, target in installs.symlinks.items():
@@ -420,5 +425,20 @@ def check_together(packages: Mapping[str, Installs], python_site: str) -> None:
     for name, installs in packages.items():
         for folder in installs.folders:
             mapped = installed_path(folder, installs.noarch_python, python_site)
-            if mapped in links and links[mapped][1] != name:
-                raise Unsafe(mapped, f"is written through a symlink of {links[mapped][1]}", name)
+            if not any(f in links for f in _ancestors(mapped)):
+                continue
+            owner = links[next(f for f in _ancestors(mapped) if f in links)][1]
+            landed = resolve(mapped, targets.get)
+            if landed is None:
+                why = f"leads out of the prefix through a symlink of {owner}"
+                raise Unsafe(mapped, why, name)
+            if own_problem(f"{landed}/x", "file"):
+                why = f"leads into {shown(landed)} through a symlink of {owner}"
+                raise Unsafe(mapped, why, name)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """``path`` and the folders above it, shortest first."""
+    parts = path.split("/")
+    for end in range(1, len(parts) + 1):
+        yield "/".join(parts[:end])
