@@ -122,7 +122,7 @@ def test_an_archive_that_changed_since_the_lock_is_refused(
     assert toolz.read_text() == '__version__ = "0.12.1"\n'
 
 
-def test_a_failed_install_never_looks_complete(
+def test_an_unreadable_archive_is_refused_before_the_environment_changes(
     scenario: Callable[..., Path], envbuild: Callable[..., Result], tmp_path: Path
 ) -> None:
     spec = scenario("dask-gpu")
@@ -145,6 +145,32 @@ def test_a_failed_install_never_looks_complete(
     )
     repodata_path.write_text(json.dumps(repodata))
     lock(spec, update_all=True)
+
+    failed = env(envbuild, spec, prefix)
+
+    assert failed.exit_code == 18
+    assert failed.stderr.startswith(
+        "envbuild: error: package toolz-0.12.1-pyhd8ed1ab_0 is unsafe: "
+        "toolz-0.12.1-pyhd8ed1ab_0.tar.bz2 cannot be read as a conda archive"
+    )
+    # Refused before anything changed: the environment is the old lock's, complete.
+    assert (prefix / STAMP).is_file()
+    assert (prefix / "lib/python3.11/site-packages/toolz/__init__.py").is_file()
+
+
+def test_a_failed_install_never_looks_complete(
+    scenario: Callable[..., Path], envbuild: Callable[..., Result], tmp_path: Path
+) -> None:
+    extra = Package(name="extra", version="1.0", build="0", files={"share/extra/data.txt": "x"})
+    spec = scenario("dask-gpu", extra=(extra,))
+    lock(spec)
+    prefix = tmp_path / "worker"
+    assert env(envbuild, spec, prefix).exit_code == 0
+    # The update adds a package whose file lands where the prefix holds a folder of nobody's:
+    # rattler fails halfway, after envbuild removed the stamp.
+    (prefix / "share" / "extra" / "data.txt").mkdir(parents=True)
+    spec.write_text(spec.read_text().replace("  - numpy\n", "  - numpy\n  - extra\n"))
+    lock(spec)
 
     failed = env(envbuild, spec, prefix)
 

@@ -5,13 +5,19 @@ stamp (``envbuild.env.stamp``) says so. ``env`` removes the stamp before it chan
 and writes it (atomically) only after the install succeeded, so an interrupted install never
 leaves a prefix that ``verify`` calls complete.
 
-Two ``env`` runs on one prefix take turns (``envbuild.files.exclusive``). A prefix that ``env``
-created and could not finish is removed again.
+Every archive is checked (``envbuild.env.archives``: its sha256, and that what it installs
+stays inside the prefix) before the prefix is touched: a refused package leaves a new prefix
+absent and an existing one as it was, stamp included.
+
+Two ``env`` runs on one prefix take turns (``envbuild.files.exclusive``), and so do two
+installs from one package cache (``env`` and ``image``). A prefix that ``env`` created and
+could not finish is removed again, and so are the cache entries the failed install began:
+rattler runs in a child process (``envbuild.lock.conda.install``) that has ended, all its
+threads with it, before anything is removed, so nothing can recreate what was removed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from envbuild.env.archives import check_local_archives
+from envbuild.env.archives import check_archives, kept_installs, python_site, removed_on_failure
 from envbuild.env.pypi import install_wheels
 from envbuild.env.runtime import write_runtime
 from envbuild.env.stamp import OLD_MARKER, STAMP, make_stamp, migrate_marker, read_stamp
@@ -117,7 +123,9 @@ def create_env(
                 time.perf_counter() - started,
             )
         try:
-            fetched = _install(lock, target, prefix, cache_dir, report, show_progress)
+            what = "another envbuild using the package cache"
+            with exclusive.hold(cache_dir, what, waiting):
+                fetched = _install(lock, target, prefix, cache_dir, report, show_progress)
         except BaseException:
             if made:  # nothing of ours may stay behind: not even an empty folder
                 shutil.rmtree(prefix, ignore_errors=True)
@@ -143,33 +151,43 @@ def _install(
     report: VerifyReport | None,
     show_progress: bool,
 ) -> list[LockedPackage]:
-    try:
-        (prefix / STAMP).unlink(missing_ok=True)  # incomplete from here until the end
-        (prefix / STAMP).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{prefix}: cannot write here: {exc.strerror}") from None
+    from envbuild.lock import conda
 
-    # Whatever rattler will (re)install must be checked first, as verify sees the prefix.
+    # Whatever rattler will (re)install is checked first, as verify sees the prefix, and
+    # before anything changes: a refusal leaves the prefix as it was.
     reinstall = (report.damaged - set(report.missing)) if report else set()
     needed = report.damaged if report else {p.name for p in target.packages}
     to_fetch = [p for p in target.packages if p.name in needed]
-    check_local_archives(to_fetch, cache_dir)
-    if report is not None and report.files:
-        damaged = {f.package for f in report.files}
-        _drop_extractions([p for p in target.packages if p.name in damaged], cache_dir)
-
-    from envbuild.lock import conda
-
-    asyncio.run(
-        conda.install(
-            target.packages,
-            prefix.absolute(),  # entry points' shebangs name it: never relative
-            cache_dir=cache_dir,
-            platform=target.platform,
-            show_progress=show_progress,
-            reinstall=reinstall,
-        )
+    kept = [p.name for p in target.packages if p.name not in needed]
+    copies = check_archives(
+        to_fetch,
+        cache_dir,
+        site=python_site(target.packages),
+        kept=kept_installs(prefix, kept) if report is not None else None,
+        download=conda.download,
     )
+    try:
+        try:
+            (prefix / STAMP).unlink(missing_ok=True)  # incomplete from here until the end
+            (prefix / STAMP).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{prefix}: cannot write here: {exc.strerror}") from None
+        if report is not None and report.files:
+            damaged = {f.package for f in report.files}
+            _drop_extractions([p for p in target.packages if p.name in damaged], cache_dir)
+        with removed_on_failure(to_fetch, cache_dir):
+            conda.install(
+                target.packages,
+                prefix.absolute(),  # entry points' shebangs name it: never relative
+                cache_dir=cache_dir,
+                platform=target.platform,
+                show_progress=show_progress,
+                reinstall=reinstall,
+                sources=copies,
+            )
+    finally:
+        for copy in copies.values():
+            copy.unlink(missing_ok=True)
     install_wheels(target, prefix, report.damaged if report else None)  # PyPI: after conda's
     write_runtime(prefix)
     write_atomic(prefix / STAMP, json.dumps(make_stamp(lock, target), indent=2) + "\n")

@@ -21,21 +21,23 @@ content, so building the other roles of a variant, or the same image again, stag
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
 import os
 import shutil
 import stat
+import sys
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envbuild.env.archives import check_local_archives
+from envbuild.env.archives import check_archives, python_site, removed_on_failure
+from envbuild.env.safety import path_problem, shown
 from envbuild.env.stamp import STAMP, make_stamp
 from envbuild.errors import ImageBuildError, OutputError
+from envbuild.files import exclusive
 from envbuild.files.atomic import write_atomic
 from envbuild.files.digest import sha256_hex
 from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
@@ -69,25 +71,30 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
     staged = work / f"stage-{plan.variant}-{key}"
     if (staged / ".complete").is_file():
         return staged
-    shutil.rmtree(staged, ignore_errors=True)
-    root = staged / "root"
-    check_local_archives(target.packages, cache_dir)
     from envbuild.lock import conda
 
-    try:
-        asyncio.run(
-            conda.install(
-                target.packages,
-                root,
-                cache_dir=cache_dir,
-                platform="linux-64",
-                show_progress=False,
-                installed_as=plan.settings.prefix,
-            )
-        )
-    except BaseException:
+    with exclusive.hold(cache_dir, "another envbuild using the package cache", _waiting, make=True):
+        site = python_site(target.packages)  # checked before anything is staged
+        copies = check_archives(target.packages, cache_dir, site=site, download=conda.download)
         shutil.rmtree(staged, ignore_errors=True)
-        raise
+        root = staged / "root"
+        try:
+            with removed_on_failure(target.packages, cache_dir):
+                conda.install(
+                    target.packages,
+                    root,
+                    cache_dir=cache_dir,
+                    platform="linux-64",
+                    show_progress=False,
+                    installed_as=plan.settings.prefix,
+                    sources=copies,
+                )
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        finally:
+            for copy in copies.values():
+                copy.unlink(missing_ok=True)
     for name in _NOT_PACKAGED:
         (root / name).unlink(missing_ok=True)
     for record in (root / "conda-meta").glob("*.json"):
@@ -192,6 +199,29 @@ def _write_tar(
                 tar.addfile(_member(member, tarfile.DIRTYPE, 0o755))
 
 
+def _waiting(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def check_members(layer: str, files: Mapping[str, Path | bytes], prefix: str | None) -> None:
+    """Every member of a layer is a normalized relative path (under ``prefix`` when given),
+    and every staged file is a file, folder or symlink: what a package installs was checked
+    before staging (envbuild.env.safety), and this keeps any slip out of an image."""
+    inside = prefix.strip("/") + "/" if prefix else ""
+    for member, source in files.items():
+        why = path_problem(member) or (
+            None if member.startswith(inside) else f"is not in /{inside}"
+        )
+        if why is None and isinstance(source, Path):
+            mode = source.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                why = "is not a file, folder or symlink"
+            elif mode & (stat.S_ISUID | stat.S_ISGID):
+                why = "is setuid or setgid"
+        if why:
+            raise ImageBuildError(f"the {layer} layer would hold {shown(member)}, which {why}")
+
+
 def _in_image(prefix: str, path: str) -> str:
     return f"{prefix.strip('/')}/{path}"
 
@@ -220,7 +250,23 @@ def write_layers(
 ) -> dict[str, Layer]:
     """Write ``plan``'s layer tars named in ``parts`` into ``work``, each named by its
     content: a layer already written (another role of the variant, the same image again) is
-    not written again."""
+    not written again. Every member is checked to lie under the image's prefix (the role's
+    own files aside) before a layer is written.
+
+    Two envbuilds staging into one ``work`` folder take turns (``image --all`` twice at once
+    would otherwise stage one variant into the same folder)."""
+    with exclusive.hold(work, "another envbuild staging images in this cache", _waiting):
+        return _write_layers(lock, plan, work, cache_dir, runtime, parts)
+
+
+def _write_layers(
+    lock: Lock,
+    plan: ImagePlan,
+    work: Path,
+    cache_dir: Path,
+    runtime: Mapping[str, bytes],
+    parts: Sequence[str],
+) -> dict[str, Layer]:
     layers: dict[str, tuple[Path, dict[str, Path | bytes], dict[str, int] | None]] = {}
     prefix = plan.settings.prefix
     if {"shared", "variant"} & set(parts):
@@ -249,11 +295,12 @@ def write_layers(
         {f"home/{plan.settings.user}": plan.settings.uid},
     )
     try:
-        return {
-            name: write_layer(path, name, files, owned_folders=owners)
-            for name, (path, files, owners) in layers.items()
-            if name in parts
-        }
+        written = {}
+        for name, (path, files, owners) in layers.items():
+            if name in parts:
+                check_members(name, files, prefix if name != "role" else None)
+                written[name] = write_layer(path, name, files, owned_folders=owners)
+        return written
     except OSError as exc:
         raise OutputError(f"{work}: cannot write the image's layers: {exc}") from None
 

@@ -6,6 +6,7 @@ of envbuild sees LockedPackage and plain strings.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -14,7 +15,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envbuild.errors import ChannelError, InstallError, SolveError
+from envbuild.errors import (
+    ChannelError,
+    InstallError,
+    SolveError,
+    UnsafePackageError,
+)
+from envbuild.lock import isolated
 from envbuild.lock.lockfile import LockedPackage
 
 if TYPE_CHECKING:
@@ -53,8 +60,36 @@ def sort_versions(versions: Iterable[str]) -> list[str]:
 
 
 def from_rattler(record: RepoDataRecord) -> LockedPackage:
-    """A solver record as envbuild stores it."""
-    return LockedPackage.from_dict(json.loads(record.to_json()))
+    """A solver record as envbuild stores it; UnsafePackageError for one whose names could
+    not be folder names (``name_problem``)."""
+    package = LockedPackage.from_dict(json.loads(record.to_json()))
+    if why := name_problem(package):
+        raise UnsafePackageError(f"package {package.name}-{package.version}-{package.build} {why}")
+    return package
+
+
+def name_problem(package: LockedPackage) -> str | None:
+    """Why ``package``'s name, version, build, subdir or file name cannot be used as a
+    folder or file name (rattler's package cache files it under NAME-VERSION-BUILD/), e.g.
+    ``is unsafe: its build 'x/../../escaped' has a '/'``; None when they all can."""
+    fields = {
+        "name": package.name,
+        "version": package.version,
+        "build": package.build,
+        "subdir": package.subdir,
+        "file name": package.file_name,
+    }
+    for field, value in fields.items():
+        why = None
+        if value in ("", ".", ".."):
+            why = "is empty, '.' or '..'"
+        elif "/" in value or "\\" in value:
+            why = "has a '/' or '\\'"
+        elif not value.isprintable():
+            why = "has a control character"
+        if why:
+            return f"is unsafe: its {field} {json.dumps(value)} {why}"
+    return None
 
 
 def install_order(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
@@ -130,6 +165,8 @@ class Solver:
         from rattler import BuildString, GenericVirtualPackage, PackageName, Subdir, Version, solve
         from rattler.exceptions import SolverError
 
+        global _runtime_started
+        _runtime_started = True
         declared = []
         for text in virtual_packages:
             name, version, build = text.split("=")
@@ -158,6 +195,8 @@ class Solver:
         """Every version of ``name`` the channels offer for ``platform`` (noarch included)."""
         from rattler import Subdir
 
+        global _runtime_started
+        _runtime_started = True
         try:
             found = await self.gateway.query(
                 list(channels), [Subdir(platform), Subdir("noarch")], [name], recursive=False
@@ -202,9 +241,12 @@ def current_platform() -> str:
 
 
 _FETCH_FAILED = re.compile(r"failed to fetch (\S+)")
+#: Whether this process has started rattler's runtime (a solve, a query): a fork after that
+#: would give the child a runtime without its threads.
+_runtime_started = False
 
 
-async def install(
+def install(
     packages: Sequence[LockedPackage],
     prefix: Path,
     *,
@@ -213,6 +255,7 @@ async def install(
     show_progress: bool,
     reinstall: Collection[str] = (),
     installed_as: str | None = None,
+    sources: Mapping[str, Path] | None = None,
 ) -> None:
     """Install exactly ``packages`` into ``prefix``: missing ones are added, others removed.
 
@@ -223,9 +266,53 @@ async def install(
     ``reinstall`` names packages to install again although a record for them is there
     (rattler keeps a package whose record was edited as long as its sha256 still matches).
 
+    ``sources``: local copies of remote archives (by sha256), checked and downloaded already
+    (``download``): rattler installs from them, and the records keep the channel's url.
+
     rattler checks the sha256 of what it downloads over HTTP, not of ``file://`` archives:
-    callers verify those first (envbuild.env.archives.check_local_archives).
+    callers verify those first (envbuild.env.archives.check_archives).
+
+    rattler runs in a child process (``envbuild.lock.isolated``): when this returns or raises, every
+    thread of the install has stopped, so a caller may remove what it made, and this
+    process never has rattler's runtime to race at its exit.
     """
+    swapped = dict(sources or {})
+    records = [_with_source(p, swapped.get(p.sha256)) for p in packages]
+    arguments = (records, prefix, cache_dir, platform, show_progress, set(reinstall), installed_as)
+    isolated.run(_install_child, arguments, f"installing into {prefix}", fork=_fork_is_safe())
+    if swapped:
+        _restore_urls(prefix, [p for p in packages if p.sha256 in swapped])
+
+
+def _with_source(package: LockedPackage, source: Path | None) -> LockedPackage:
+    if source is None:
+        return package
+    return dataclasses.replace(package, url=source.absolute().as_uri())
+
+
+def _restore_urls(prefix: Path, packages: Sequence[LockedPackage]) -> None:
+    """The records of packages installed from local copies say the channel's url."""
+    from envbuild.files.atomic import write_atomic
+
+    for package in packages:
+        record = prefix / "conda-meta" / f"{package.name}-{package.version}-{package.build}.json"
+        try:
+            document = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        document["url"] = package.url
+        write_atomic(record, json.dumps(document, indent=2) + "\n")
+
+
+async def _install_child(
+    packages: Sequence[LockedPackage],
+    prefix: Path,
+    cache_dir: Path,
+    platform: str,
+    show_progress: bool,
+    reinstall: set[str],
+    installed_as: str | None,
+) -> None:
     from rattler import Subdir
     from rattler import install as rattler_install
 
@@ -236,7 +323,7 @@ async def install(
             cache_dir=cache_dir,
             platform=Subdir(platform),
             show_progress=show_progress,
-            reinstall_packages=set(reinstall),
+            reinstall_packages=reinstall,
             alternative_target_prefix=installed_as,
         )
     except Exception as exc:
@@ -250,6 +337,43 @@ async def install(
             ) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise InstallError(f"installing into {prefix} failed: {first}", details=text) from None
+
+
+def _fork_is_safe() -> bool:
+    return isolated.fork_is_safe(_runtime_started)
+
+
+def download(archives: Sequence[tuple[LockedPackage, Path]]) -> None:
+    """Download each package's archive to its path (rattler's client: its retries and the
+    channel's credentials; eight at a time); the caller checks their sha256."""
+    if archives:
+        wanted = [(p.url, path) for p, path in archives]
+        isolated.run(
+            _download_child,
+            (wanted,),
+            f"downloading {len(wanted)} packages",
+            fork=_fork_is_safe(),
+        )
+
+
+async def _download_child(archives: Sequence[tuple[str, Path]]) -> None:
+    import asyncio
+
+    from rattler.networking.client import Client
+    from rattler.package_streaming import download_to_path
+
+    client, slots = Client.default_client(), asyncio.Semaphore(8)
+
+    async def one(url: str, path: Path) -> None:
+        async with slots:
+            try:
+                await download_to_path(client, url, path)
+            except Exception as exc:
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise InstallError(f"cannot download {url}: {first}", details=text) from None
+
+    await asyncio.gather(*(one(url, path) for url, path in archives))
 
 
 def write_pixi_lock(
