@@ -100,7 +100,9 @@ def exported(envbuild: Callable[..., Result], spec: Path) -> Records:
     for variant, environment in lock.environments():
         for platform in environment.platforms():
             packages = environment.conda_repodata_records_for_platform(platform) or []
-            records[f"{variant}/{platform}"] = {
+            # a platform is named per variant where the variants declare different virtual
+            # packages (linux-64-cuda-12-4); its subdir is the platform
+            records[f"{variant}/{platform.subdir}"] = {
                 p.name.normalized: (str(p.version), str(p.build)) for p in packages
             }
     return records
