@@ -64,10 +64,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from envbuild.errors import ConsistencyError, SolveError
+from envbuild.lock import consistency
 from envbuild.lock.conda import Solver
-from envbuild.lock.explain import Failure, culprit, excluded_cuda, missing_spec, no_match
 from envbuild.lock.lockfile import LockedPackage, Target
-from envbuild.lock.search import OutOfSolves, Search
 from envbuild.spec.matchspec import dependency_name
 
 #: Solves the search may spend after the targets' first solves before it gives up.
@@ -159,6 +158,8 @@ class _Resolver:
             if subset <= given:
                 raise error
         if self.budget and self.solves >= self.budget:
+            from envbuild.lock.search import OutOfSolves  # loaded: only a search sets a budget
+
             raise OutOfSolves
         request = self.request(target)
         started = time.perf_counter()
@@ -216,6 +217,8 @@ class _Resolver:
         return {t: r for t, r in results.items() if not isinstance(r, SolveError)}
 
     async def unsatisfiable(self, request: TargetRequest, error: SolveError) -> SolveError:
+        from envbuild.lock.explain import culprit, excluded_cuda, missing_spec, no_match
+
         roles = f" (roles: {', '.join(request.roles)})" if request.roles else ""
         why = culprit(error.details)
         missing = missing_spec(error.details)
@@ -235,6 +238,14 @@ class _Resolver:
 
     async def run(self) -> Resolution:
         solution = await self.solve_alone()
+        divergent = self.plan.allow_platform_divergence
+        if not consistency.disagreements(solution, divergent) and not consistency.check(
+            solution, self.plan.gpu_dependencies, divergent
+        ):  # the common case: the search (and its module) is not needed
+            return Resolution(dict(sorted(solution.items())), self.solves, 1, {})
+        from envbuild.lock.explain import Failure
+        from envbuild.lock.search import OutOfSolves, Search
+
         self.budget = self.solves + MAX_SEARCH_SOLVES
         search = Search(self)
         try:
