@@ -41,18 +41,16 @@ def distinct_versions(versions: Iterable[str]) -> int:
     return len({version_key(v) for v in versions})
 
 
-#: dependency spec -> the name it depends on (specs repeat across packages and solves)
-_NAMES: dict[str, str] = {}
+#: a package's depends -> the names they depend on (each parsed once per process: the same
+#: records come back from every solve, and every check reads them again)
+_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
-def dependency_names(package: LockedPackage) -> list[str]:
-    """The names ``package`` depends on, each spec parsed once per process."""
-    names = []
-    for spec in package.depends:
-        name = _NAMES.get(spec)
-        if name is None:
-            name = _NAMES[spec] = dependency_name(spec)
-        names.append(name)
+def dependency_names(package: LockedPackage) -> tuple[str, ...]:
+    """The names ``package`` depends on."""
+    names = _NAMES.get(package.depends)
+    if names is None:
+        names = _NAMES[package.depends] = tuple(dependency_name(d) for d in package.depends)
     return names
 
 
