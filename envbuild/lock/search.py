@@ -23,7 +23,7 @@ Found = tuple[Solution, tuple["Pin", ...]]
 #: make it do (none: it will not)
 Accept = Callable[[Solution], list[str] | None]
 
-_OPERATORS = {"version": "==", "build": "==", "atleast": ">=", "below": "<"}
+_OPERATORS = {"version": "==", "build": "==", "atleast": ">=", "above": ">", "below": "<"}
 
 
 class OutOfSolves(Exception):
@@ -76,10 +76,10 @@ class Solving(Protocol):
 @dataclass(frozen=True)
 class Pin:
     """``package`` held to ``value`` on ``scope``: equal to it ("1.2"; "1.2 h0" for a build),
-    or, bounding a search for a better lock, at least or below it."""
+    or at least, above or below it (bounds of a search, and probes)."""
 
     package: str
-    kind: Literal["version", "build", "atleast", "below"]
+    kind: Literal["version", "build", "atleast", "above", "below"]
     scope: frozenset[Target]
     value: str
 
@@ -89,6 +89,8 @@ class Pin:
         have, want = version_key(version), version_key(mine)
         if self.kind == "atleast":
             return bool(have >= want)
+        if self.kind == "above":
+            return bool(have > want)
         if self.kind == "below":
             return bool(have < want)
         return bool(have == want) and (self.kind == "version" or build == pinned_build)
@@ -201,7 +203,7 @@ class Search:
                 },
             )
             self.root = self.root or failure
-            for pin in await self.candidates(disagreement, pins, failure, moving):
+            for pin in await self.candidates(disagreement, pins, solution, failure, moving):
                 settled = await self.settle(pin, pins, solution, failure)
                 if settled is None:
                     continue
@@ -236,12 +238,15 @@ class Search:
     async def candidates(
         self,
         disagreement: consistency.Disagreement,
-        pins: Sequence[Pin],
+        pins: tuple[Pin, ...],
+        solution: Solution,
         failure: Failure,
         moving: bool = False,
     ) -> list[Pin]:
         """The pins to try for ``disagreement``, in order: its versions newest first (for a
-        build disagreement, the builds chosen first; ``moving``: the versions not held)."""
+        build disagreement, the builds chosen first; ``moving``: the versions not held).
+        Versions newer than any target chose are kept only when every target can take a
+        newer one at all (one probe, ``NAME >NEWEST``, instead of one solve per version)."""
         name = disagreement.package
         out = []
         if disagreement.kind == "build":
@@ -261,12 +266,22 @@ class Search:
         for platform in platforms:
             for version in offered[platform]:
                 versions.setdefault(version_key(version), version)
-        bounds = [p for p in pins if p.package == name and p.kind in ("atleast", "below")]
+        bounds = [p for p in pins if p.package == name and p.kind not in ("version", "build")]
+        newest = max(held)
         for key in sorted(versions, reverse=True):  # type: ignore[type-var]
             pin = Pin(name, "version", scope, versions[key])
             admitted = any(all(b.admits(pin.value) for b in bounds if t in b.scope) for t in scope)
             if key not in skip and admitted:  # some target may hold it
                 out.append(pin)
+        newer = [p for p in out if p.kind == "version" and version_key(p.value) > newest]
+        if newer and not moving:
+            chose = next(
+                p.version for p in disagreement.chosen.values() if version_key(p.version) == newest
+            )
+            probe = Pin(name, "above", scope, chose)
+            scratch = Failure(name, "version", {})
+            if await self.settle(probe, pins, solution, scratch) is None:
+                out = [p for p in out if p not in newer]
         return out
 
     async def settle(
@@ -283,8 +298,11 @@ class Search:
                 refused = True
         if refused:
             return None
+        pinning = pin.kind in ("version", "build")
+        shown = f"{pin.package} {pin.value}" if pinning else pin.constraint()
         if affected:
-            self.solving.note(f"aligning {pin.package} to {pin.value} on {len(affected)} targets")
+            what = f"aligning {pin.package} to {pin.value}" if pinning else f"trying {shown}"
+            self.solving.note(f"{what} on {len(affected)} targets")
         everything = (*pins, pin)
         results = await self.solving.solve_many(
             {t: self.constraints(t, everything) for t in affected}
@@ -295,7 +313,7 @@ class Search:
                 refused = True
         if refused:
             refusers = ", ".join(str(t) for t, r in results.items() if isinstance(r, SolveError))
-            self.solving.note(f"{refusers} cannot take {pin.package} {pin.value}")
+            self.solving.note(f"{refusers} cannot take {shown}")
             return None
         return {**solution, **{t: r for t, r in results.items() if not isinstance(r, SolveError)}}
 
