@@ -51,8 +51,10 @@ next pin, and so on; left with the same pins, it would have to beat the solver's
 (which ``tests/exact`` finds never happens). So the search refuses only when no lock that
 version pins can reach exists. Costs: solves are remembered, a target that failed under
 some constraints is not solved again under more of them, a version not in the channels for
-a target whose spec names the package is refused without a solve, and ``MAX_SEARCH_SOLVES``
-bounds the worst case (a better-lock search that reaches it keeps the lock it has).
+a target whose spec names the package is refused without a solve, the versions newer than
+any target chose are tried only when one probe (``NAME >NEWEST``) shows they may do, and
+``MAX_SEARCH_SOLVES`` bounds the worst case (a better-lock search that reaches it keeps the
+lock it has).
 """
 
 from __future__ import annotations

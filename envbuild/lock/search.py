@@ -1,4 +1,4 @@
-"""The search for the best consistent lock, one pin at a time: steps 2 to 5 of ``resolve``
+"""The search for the best consistent lock, one pin at a time: steps 2 to 6 of ``resolve``
 (whose docstring argues the design). ``resolve`` owns the solver; the search asks it for
 solves (remembered there) and for the versions the channels offer.
 """
@@ -158,7 +158,7 @@ def closure(packages: Sequence[LockedPackage], roots: Sequence[str]) -> list[str
 
 @dataclass
 class Search:
-    """Steps 2 to 5: settle disagreements one pin at a time, newest first, backing up."""
+    """Steps 2 to 6: settle disagreements one pin at a time, newest first, backing up."""
 
     solving: Solving
     steps: int = 0
@@ -245,8 +245,8 @@ class Search:
     ) -> list[Pin]:
         """The pins to try for ``disagreement``, in order: its versions newest first (for a
         build disagreement, the builds chosen first; ``moving``: the versions not held).
-        Versions newer than any target chose are kept only when every target can take a
-        newer one at all (one probe, ``NAME >NEWEST``, instead of one solve per version)."""
+        Several versions newer than any target chose are kept only when every target can take
+        a newer one at all (one probe, ``NAME >NEWEST``, instead of a solve per version)."""
         name = disagreement.package
         out = []
         if disagreement.kind == "build":
@@ -274,7 +274,7 @@ class Search:
             if key not in skip and admitted:  # some target may hold it
                 out.append(pin)
         newer = [p for p in out if p.kind == "version" and version_key(p.value) > newest]
-        if newer and not moving:
+        if len(newer) > 1 and not moving:  # (one newer version: trying it costs the same)
             chose = next(
                 p.version for p in disagreement.chosen.values() if version_key(p.version) == newest
             )
