@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck unit setup schema bench clean
+.PHONY: demo test lint typecheck unit setup schema bench fuzz clean
 
 # Debian packages each command needs, asked for all at once (scripts/debian-packages.sh: as root
 # it installs them; with sudo it asks once; otherwise it prints the command for an admin).
@@ -91,6 +91,13 @@ bench: $(STAMP)
 	done; \
 	if [ -n "$$missed" ]; then echo "== goals missed in:$$missed"; exit 1; fi; \
 	echo "== every goal met"
+
+# The lock against a brute force on raw rattler over 2,000 random channels (tests/exact):
+# no false refusal, no lock older than a consistent one needs, no broken invariant. The test
+# suite runs fewer (tests/test_lock_exact.py); a failing seed replays with
+# `$(BIN)/python -m tests.exact.fuzz --replay SEED`.
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.exact.fuzz --cases 2000 --seed 1 --jobs 2
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

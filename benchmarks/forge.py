@@ -6,10 +6,16 @@ packages, and dependency chains about twenty deep (``pkg-i`` needs ``pkg-i//2``,
 and ``pkg-i//5``). The dask-gpu fixture packages sit on top, with pandas and nvidia-ml-py
 (what the dask-gpu example adds); dask-core needs the ten newest chains, so a dask
 environment holds a few hundred packages.
+
+Other sizes: ``filler`` sets the number of ``pkg-i`` names (about 16.8 records each), and
+``corpus`` adds real conda-forge records (``/work/shared/corpus/conda-forge-py39``, about
+3,700 on these subdirs) under the names the channel does not have already; ``sized(N)`` picks
+the filler for about N records in all. ``python benchmarks/forge.py DIR [RECORDS]``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +81,14 @@ def _filler(index: int) -> Iterator[Package]:
                 )
 
 
-def forge_packages() -> list[Package]:
+#: Real conda-forge metadata (README there); used when present.
+CORPUS = Path("/work/shared/corpus/conda-forge-py39")
+RECORDS_PER_FILLER = 16.82
+
+
+def forge_packages(filler: int = FILLER) -> list[Package]:
     """Every package of the benchmark channel."""
-    chains = tuple(f"pkg-{FILLER - 1 - k:04d}" for k in range(10))
+    chains = tuple(f"pkg-{filler - 1 - k:04d}" for k in range(10))
     packages = [p for p in dask_gpu_packages() if p.name != "dask-core"]
     for version in ("2024.8.0", "2024.8.2"):
         packages.append(
@@ -120,19 +131,55 @@ def forge_packages() -> list[Package]:
                 depends=("python >=3.6",),
             )
         )
-    for index in range(1, FILLER):
+    for index in range(1, filler):
         packages.extend(_filler(index))
     return packages
 
 
-def write_forge(root: Path, extra: tuple[Package, ...] = ()) -> tuple[str, int, int]:
-    """Write the channel (plus ``extra``) under ``root``; return its URL, record and name
-    counts."""
-    packages = [*forge_packages(), *extra]
+def corpus_records(names: set[str]) -> dict[str, dict[str, dict[str, object]]]:
+    """subdir -> file name -> repodata entry: the corpus' records of names not in ``names``."""
+    found: dict[str, dict[str, dict[str, object]]] = {}
+    for subdir in (*PLATFORMS, "noarch"):
+        path = CORPUS / subdir / "repodata.json"
+        if not path.is_file():
+            continue
+        document = json.loads(path.read_text())
+        for section in ("packages", "packages.conda"):
+            for file_name, entry in document.get(section, {}).items():
+                if entry["name"] not in names:
+                    found.setdefault(subdir, {})[file_name] = entry
+    return found
+
+
+def sized(records: int, corpus: bool = True) -> int:
+    """The filler for about ``records`` records in all (the corpus' included)."""
+    extra = sum(len(v) for v in corpus_records(set()).values()) if corpus else 0
+    return max(100, round((records - extra) / RECORDS_PER_FILLER))
+
+
+def write_forge(
+    root: Path, extra: tuple[Package, ...] = (), filler: int = FILLER, corpus: bool = False
+) -> tuple[str, int, int]:
+    """Write the channel (plus ``extra``, and the corpus' records with ``corpus``) under
+    ``root``; return its URL, record and name counts."""
+    packages = [*forge_packages(filler), *extra]
     url = write_channel(root, packages, subdirs=(*PLATFORMS, "noarch"), archives=False)
-    return url, len(packages), len({p.name for p in packages})
+    names = {p.name for p in packages}
+    count = len(packages)
+    for subdir, entries in (corpus_records(names) if corpus else {}).items():
+        path = root / subdir / "repodata.json"
+        document = json.loads(path.read_text())
+        for file_name, entry in entries.items():
+            section = "packages.conda" if file_name.endswith(".conda") else "packages"
+            document[section][file_name] = entry
+            names.add(str(entry["name"]))
+            count += 1
+        path.write_text(json.dumps(document, indent=1, sort_keys=True))
+    return url, count, len(names)
 
 
 if __name__ == "__main__":
-    channel_url, records, names = write_forge(Path(sys.argv[1]))
+    wanted = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    size = sized(wanted) if wanted else FILLER
+    channel_url, records, names = write_forge(Path(sys.argv[1]), filler=size, corpus=bool(wanted))
     print(f"{channel_url}: {records} records, {names} names")

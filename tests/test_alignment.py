@@ -100,7 +100,9 @@ def exported(envbuild: Callable[..., Result], spec: Path) -> Records:
     for variant, environment in lock.environments():
         for platform in environment.platforms():
             packages = environment.conda_repodata_records_for_platform(platform) or []
-            records[f"{variant}/{platform.subdir}"] = {  # the conda platform, not its name
+            # a platform is named per variant where the variants declare different virtual
+            # packages (linux-64-cuda-12-4); its subdir is the platform
+            records[f"{variant}/{platform.subdir}"] = {
                 p.name.normalized: (str(p.version), str(p.build)) for p in packages
             }
     return records
@@ -351,3 +353,25 @@ def test_a_lock_that_needs_no_alignment_costs_one_solve_per_target(
     )
     status = json.loads(envbuild("lock", "--json", "-f", spec).stdout)
     assert status["solves"] == 3 == len(status["targets"])
+
+
+def test_versions_no_target_can_take_cost_one_probe_not_a_solve_each(
+    tmp_path: Path, envbuild: Callable[..., Result]
+) -> None:
+    # numpy 2.x needs a library the channel lacks; cupy holds the GPU variant below 1.26.
+    newer = [linux("numpy", v, "py_h0", "libnew >=2") for v in ("2.0.0", "2.1.0", "2.2.0")]
+    spec = write_spec(
+        tmp_path,
+        [*CUDA, numpy("1.26.4"), numpy("1.25.0"), *newer, cupy("13.3.0", "12", "numpy <1.26")],
+        dependencies="[numpy]",
+        gpu_dependencies="[cupy]",
+        scheduler='{cuda: "12.4"}',
+    )
+    status = json.loads(envbuild("lock", "--json", "-f", spec).stdout)
+    records = exported(envbuild, spec)
+    assert set(versions(records, "numpy").values()) == {"1.25.0"}
+    # Both targets alone; both asked for any numpy newer than 1.26.4 (neither can); the GPU
+    # variant offered 1.26.4 (it cannot); the CPU variant pinned to 1.25.0. Not one solve per
+    # 2.x version.
+    assert status["solves"] == 6
+    assert_invariant(records, builds_may_differ={"cupy"}, runtime={"cuda-version", "cuda-cudart"})

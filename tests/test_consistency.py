@@ -10,8 +10,8 @@ from envbuild.lock.consistency import (
     platform_mismatches,
     variant_differences,
 )
+from envbuild.lock.explain import culprit
 from envbuild.lock.lockfile import LockedPackage, Target
-from envbuild.lock.resolve import culprit
 
 
 def pkg(name: str, version: str = "1.0", build: str = "0", *depends: str) -> LockedPackage:

@@ -30,8 +30,9 @@ from tests.exact.universe import (
     write_case,
 )
 
-#: Random cases per run of the differential test (about 2-3 minutes here, on 2 cores).
-CASES = 600
+#: Random cases per run of the differential test: 300 take 60-90 s here (0.22-0.28 s a case on
+#: the loaded 2-core machine); `make fuzz` runs 2,000 on two processes.
+CASES = 300
 MASTER_SEED = 18
 #: Seeds that failed in `python -m tests.exact.fuzz --cases 2000 --seed 1` against the resolver
 #: of issue 18 (the smallest cases of each kind), kept as regressions.
@@ -54,6 +55,13 @@ REGRESSION_SEEDS = (
     663633632,
     765563109,
     1518917295,
+    # dominated locks of the first one-pin-at-a-time search: a pinned package later missing
+    # from the lock (1475037440, 4135982976), then a better lock that keeps the CUDA builds
+    # (2733140372, 3954865073)
+    1475037440,
+    4135982976,
+    2733140372,
+    3954865073,
 )
 
 

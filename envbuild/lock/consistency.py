@@ -41,9 +41,22 @@ def distinct_versions(versions: Iterable[str]) -> int:
     return len({version_key(v) for v in versions})
 
 
+#: a package's depends -> the names they depend on (each parsed once per process: the same
+#: records come back from every solve, and every check reads them again)
+_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def dependency_names(package: LockedPackage) -> tuple[str, ...]:
+    """The names ``package`` depends on."""
+    names = _NAMES.get(package.depends)
+    if names is None:
+        names = _NAMES[package.depends] = tuple(dependency_name(d) for d in package.depends)
+    return names
+
+
 def cuda_dependent(packages: Iterable[LockedPackage]) -> dict[str, str]:
     """Name -> why, for every CUDA-dependent package of one solution."""
-    deps = {p.name: [dependency_name(d) for d in p.depends] for p in packages}
+    deps = {p.name: dependency_names(p) for p in packages}
     reasons: dict[str, str] = {}
     for name, names in deps.items():
         if name in CUDA_MARKERS:
@@ -69,6 +82,8 @@ _WINDOW = re.compile(r">=\s*(\d+)\.(\d+)[^,]*,\s*<\s*(\d+)\.(\d+)")
 
 def _pins_cuda_minor(spec: str) -> bool:
     """``cuda-version >=12.4,<12.5.0a0`` (one CUDA minor), not ``>=12.0,<13`` (a major)."""
+    if not spec.startswith(("cuda-version", "cudatoolkit")):  # the cheap test first
+        return False
     if dependency_name(spec) not in ("cuda-version", "cudatoolkit"):
         return False
     match = _WINDOW.search(spec)
@@ -92,7 +107,7 @@ def cuda_runtime(packages: Iterable[LockedPackage]) -> dict[str, str]:
 
 def required_by(packages: Iterable[LockedPackage], roots: Collection[str]) -> dict[str, str]:
     """Name -> the root that pulls it in, for everything in the closure of ``roots``."""
-    deps = {p.name: [dependency_name(d) for d in p.depends] for p in packages}
+    deps = {p.name: dependency_names(p) for p in packages}
     owner: dict[str, str] = {}
     for root in sorted(roots):
         stack = [root]
@@ -162,6 +177,9 @@ class Disagreement:
     package: str
     kind: Literal["version", "build"]
     chosen: Mapping[Target, LockedPackage]
+    #: who else must share it: every target ("all"), those of the same variant (the CUDA
+    #: runtime) or of the same platform (allowed to diverge across platforms, and builds)
+    scope: Literal["all", "variant", "platform"] = "all"
 
     def describe(self) -> str:
         """``numpy: cpu/linux-64 has 2.0.2, cuda-12.4/linux-64 has 1.26.4``."""
@@ -188,9 +206,10 @@ def disagreements(
             holders.setdefault(package.name, {})[target] = package
     found = []
     for name, held in sorted(holders.items()):
-        for group in _version_groups(name, held, runtime, allow_platform_divergence):
+        scope, groups = _version_groups(name, held, runtime, allow_platform_divergence)
+        for group in groups:
             if distinct_versions(p.version for p in group.values()) > 1:
-                found.append(Disagreement(name, "version", group))
+                found.append(Disagreement(name, "version", group, scope))
     settled = {d.package for d in found}
     for name, held in sorted(holders.items()):
         if name in settled:
@@ -200,7 +219,7 @@ def disagreements(
             if len(group) < 2 or any(name in cuda[t] for t in group):
                 continue
             if len({p.build for p in group.values()}) > 1:
-                found.append(Disagreement(name, "build", group))
+                found.append(Disagreement(name, "build", group, "platform"))
     return found
 
 
@@ -209,23 +228,24 @@ def _version_groups(
     held: Mapping[Target, LockedPackage],
     runtime: Mapping[Target, Mapping[str, str]],
     allow_platform_divergence: Collection[str],
-) -> list[dict[Target, LockedPackage]]:
-    """The groups of targets that must share ``name``'s version.
+) -> tuple[Literal["all", "variant", "platform"], list[dict[Target, LockedPackage]]]:
+    """The groups of targets that must share ``name``'s version, and what they share.
 
     The CUDA runtime follows each variant's CUDA version: it is shared across the platforms
     of one variant only. A package allowed to diverge across platforms is shared across the
     variants of one platform only.
     """
+    key: Literal["variant", "platform"]
     if all(name in runtime[t] for t in held):
         key = "variant"
     elif name in allow_platform_divergence:
         key = "platform"
     else:
-        return [dict(held)] if len(held) > 1 else []
+        return "all", [dict(held)] if len(held) > 1 else []
     groups: dict[str, dict[Target, LockedPackage]] = {}
     for target, package in held.items():
         groups.setdefault(getattr(target, key), {})[target] = package
-    return [g for _, g in sorted(groups.items()) if len(g) > 1]
+    return key, [g for _, g in sorted(groups.items()) if len(g) > 1]
 
 
 # --- the whole invariant, with reasons ----------------------------------------------------------
@@ -395,3 +415,36 @@ def most_chosen(packages: Sequence[LockedPackage]) -> list[LockedPackage]:
         first.values(),
         key=lambda p: (-counts[(p.version, p.build)], -p.build_number, p.build),
     )
+
+
+def dominates(better: Solution, worse: Solution) -> bool:
+    """Whether ``better`` is a better lock than ``worse`` (README, "Which lock is best")."""
+    newer, lost = compare(better, worse)
+    return newer and not lost
+
+
+def compare(better: Solution, worse: Solution) -> tuple[bool, dict[Target, list[str]]]:
+    """How ``better`` stands against ``worse``: whether, in every target, every package the
+    two share is at least as new in ``better`` and one is newer; and, per target, the packages
+    CUDA-dependent in ``worse`` that ``better`` holds but not as CUDA-dependent (a CUDA variant
+    that swaps a CUDA build for its CPU build to get newer dependencies trades, it does not
+    improve). Packages in only one of the two are not compared."""
+    strictly = False
+    for target, packages in worse.items():
+        theirs = {p.name: p for p in better.get(target, ())}
+        for package in packages:
+            other = theirs.get(package.name)
+            if other is None:
+                continue
+            new, old = version_key(other.version), version_key(package.version)
+            if new < old:
+                return False, {}
+            strictly = strictly or new > old
+    lost: dict[Target, list[str]] = {}
+    for target, packages in worse.items():
+        present = {p.name for p in better.get(target, ())}
+        kept = cuda_dependent(better.get(target, ()))
+        gone = sorted(n for n in cuda_dependent(packages) if n in present and n not in kept)
+        if gone:
+            lost[target] = gone
+    return strictly, lost

@@ -1,50 +1,80 @@
 """Resolve ONE environment: every target (variant x platform) solved and made consistent.
 
-The way it works (one mechanism for both axes, variants and platforms):
+"Best" is the README's ("Which lock is best"): a consistent lock that no other dominates
+(every shared package at least as new, one newer, and nothing CUDA-dependent traded for a CPU
+build). The way there, one mechanism for both axes, variants and platforms (steps 2 to 6 live
+in ``search``):
 
 1. Solve every target concurrently, each on its own. CPU variants exclude the CUDA runtime
    (``cuda-version``, ``cudatoolkit``), so a package with CPU and CUDA builds lands there as
    its CPU build. A target that cannot be solved even alone is an error naming it, the
    package the solver blames and, where a requirement matches nothing, the versions the
-   channels hold.
-2. Find the disagreements (``consistency.disagreements``): a package whose version differs
-   between targets that must share it, or whose build differs between the variants of one
-   platform although it is not CUDA-dependent. Versions are settled before builds.
-3. Settle each with a pin on exactly the targets of its group. A version pin starts at the
-   newest version that is no newer than the lowest one chosen (the target that chose it could
-   take nothing newer) and that every platform of the group offers; a build pin starts at the
-   build most targets chose. Only the targets whose pins changed are solved again,
-   concurrently.
-4. A target that cannot take a pin makes the pin step down to its next candidate: the pin the
-   solver's explanation names, or, when several changed and it names none, each one probed
-   alone. A pin with no candidate left is an error naming the package, what each target chose
-   and could not take, and the roles and requirements (CUDA version, platform) behind them.
-5. When nothing disagrees, the whole invariant is checked once more (``consistency.check``):
-   what is left, a package in only some variants that the GPU stack does not explain, is an
-   error.
+   channels hold. When nothing disagrees and the invariant holds, that is the lock: one
+   solve per target, as raw rattler.
+2. Otherwise settle one package at a time. Of the packages the targets disagree on
+   (``consistency.disagreements``; versions before builds), take the one highest in the
+   dependency graph: nothing else that disagrees depends on it, so settling it may settle
+   the rest, and a disagreement that was only a side effect of another never gets a pin.
+3. Pin it (``NAME ==VERSION`` as a constraint, which binds only where the package is
+   installed) on every target that must share it, trying its versions newest first: every
+   version their platforms offer, not only those the targets chose (a target that chose an
+   older one alone may take a newer one once another package moves; and a version missing
+   on one platform may still do if that platform then drops the package). Only the targets
+   whose solution does not already meet the pin are solved again, concurrently. A version
+   a target cannot take is passed over; otherwise the disagreements are computed again from
+   the new solutions and the search goes on from step 2 under this pin.
+4. A pin that leads nowhere (every way on below it ends in a target that cannot take a pin)
+   is taken back and its next version tried: pins are never stacked on a failed attempt, so
+   a pin that only another pin made necessary goes with it, and a pin below one that moved
+   down starts again from the newest version. A build disagreement is pinned to the builds
+   chosen, most chosen first, then to the package's other versions.
+5. The first pins under which nothing disagrees and the whole invariant holds
+   (``consistency.check``) give the lock. When every way fails, the error names the package
+   the search branched on first, each target with its roles and CUDA version, what it chose
+   and what it could not take (the solver's explanations below).
+6. One way a better lock escapes step 3's order: the pinned package is missing from some
+   targets of the lock found (a pin on a package that later moves away binds nothing), and a
+   lock with an older version of it, held where this one lacks it, is newer in the rest.
+   Then the same search runs once more, bounded to locks at least as new as the one found and
+   with that package older (``>=``/``<`` constraints), from what each target takes under
+   those bounds, and its lock replaces the one found if it dominates it (repeated until none
+   does). A lock that is newer but loses a CUDA build is not taken; the search then moves
+   what the lost CUDA build's package depends on, then that package.
 
-A lock that needs no alignment costs one solve per target, as raw rattler does.
+Why this is best: versions are tried newest first at every step, so the lock is the newest,
+in the order they were pinned, of the packages pinned; the packages left free are what the
+solver picks under those pins. A lock that dominated it would have to hold the first pinned
+package at its pinned version where both hold it (every newer version was tried and led
+nowhere, and the search under a pin is complete: it follows any consistent lock that meets
+the pin down to a leaf), or lack it where this one holds it, which step 6 searches; then the
+next pin, and so on; left with the same pins, it would have to beat the solver's own choice
+(which ``tests/exact`` finds never happens). So the search refuses only when no lock that
+version pins can reach exists. Costs: solves are remembered, a target that failed under
+some constraints is not solved again under more of them, a version not in the channels for
+a target whose spec names the package is refused without a solve, the versions newer than
+any target chose are tried only when one probe (``NAME >NEWEST``) shows they may do, and
+``MAX_SEARCH_SOLVES`` bounds the worst case (a better-lock search that reaches it keeps the
+lock it has).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from envbuild.errors import ConsistencyError, SolveError
 from envbuild.lock import consistency
-from envbuild.lock.conda import Solver, sort_versions, version_key
+from envbuild.lock.conda import Solver
 from envbuild.lock.lockfile import LockedPackage, Target
 from envbuild.spec.matchspec import dependency_name
 
-#: Rounds of new pins before giving up (each round pins at least one more package).
-MAX_ROUNDS = 40
-#: Versions listed when a requirement matches none of them.
-SHOWN_VERSIONS = 8
+#: Solves the search may spend after the targets' first solves before it gives up.
+MAX_SEARCH_SOLVES = 400
+
+Solution = dict[Target, tuple[LockedPackage, ...]]
 
 
 class Reporter(Protocol):
@@ -90,46 +120,10 @@ class Resolution:
 
     packages: dict[Target, tuple[LockedPackage, ...]]
     solves: int
+    #: steps of the search (1: nothing disagreed)
     rounds: int
     #: package -> what it was aligned to ("2.0.2", or "2.0.2 py311h1" for a build)
     pins: dict[str, str]
-
-
-@dataclass
-class _Pin:
-    """What a group of targets is held to for one package, and what was tried."""
-
-    package: str
-    kind: Literal["version", "build"]
-    targets: frozenset[Target]
-    #: versions, or "version build" for a build pin; the current choice first
-    candidates: list[str]
-    #: what each target of the group chose on its own, for the error message
-    chosen: Mapping[Target, str]
-    refused: dict[Target, list[str]] = field(default_factory=dict)
-
-    @property
-    def choice(self) -> str:
-        return self.candidates[0]
-
-    def met_by(self, packages: Iterable[LockedPackage]) -> bool:
-        """Whether a solution already meets the pin (a constraint on an absent package is)."""
-        for package in packages:
-            if package.name == self.package:
-                version, _, build = self.choice.partition(" ")
-                same = version_key(package.version) == version_key(version)
-                return same and (self.kind == "version" or package.build == build)
-        return True
-
-    def constraint(self) -> str:
-        if self.kind == "version":
-            return f"{self.package} =={self.choice}"
-        version, build = self.choice.split(" ")
-        return f"{self.package} =={version} {build}"
-
-
-def _newest_first(versions: Iterable[str]) -> list[str]:
-    return list(reversed(sort_versions(versions)))
 
 
 @dataclass
@@ -138,36 +132,58 @@ class _Resolver:
     solver: Solver
     preferred: Mapping[Target, Sequence[LockedPackage]]
     reporter: Reporter
-    pins: list[_Pin] = field(default_factory=list)
     solves: int = 0
+    budget: int = 0
+    #: (target, constraints) -> solution
+    solved: dict[tuple[Target, tuple[str, ...]], tuple[LockedPackage, ...]] = field(
+        default_factory=dict
+    )
+    #: target -> constraint sets it cannot be solved under (nor under any superset)
+    failed: dict[Target, list[tuple[frozenset[str], SolveError]]] = field(default_factory=dict)
+    offered: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def request(self, target: Target) -> TargetRequest:
         return next(r for r in self.plan.requests if r.target == target)
 
-    def constraints(self, target: Target, without: Iterable[_Pin] = ()) -> list[str]:
-        skipped = list(without)
-        return [
-            *self.request(target).constraints,
-            *(p.constraint() for p in self.pins if target in p.targets and p not in skipped),
-        ]
+    def note(self, message: str) -> None:
+        self.reporter.note(message)
 
-    async def solve(self, target: Target, constraints: Sequence[str]) -> tuple[LockedPackage, ...]:
+    async def solve(
+        self, target: Target, constraints: tuple[str, ...]
+    ) -> tuple[LockedPackage, ...]:
+        """One target's solution under ``constraints``, remembered; SolveError when none."""
+        key = (target, constraints)
+        if key in self.solved:
+            return self.solved[key]
+        given = frozenset(constraints)
+        for subset, error in self.failed.get(target, ()):
+            if subset <= given:
+                raise error
+        if self.budget and self.solves >= self.budget:
+            from envbuild.lock.search import OutOfSolves  # loaded: only a search sets a budget
+
+            raise OutOfSolves
         request = self.request(target)
         started = time.perf_counter()
         self.solves += 1
-        packages = await self.solver.solve(
-            self.plan.channels,
-            request.specs,
-            target.platform,
-            request.virtual_packages,
-            constraints=constraints,
-            locked=self.preferred.get(target, ()),
-        )
+        try:
+            packages = await self.solver.solve(
+                self.plan.channels,
+                request.specs,
+                target.platform,
+                request.virtual_packages,
+                constraints=constraints,
+                locked=self.preferred.get(target, ()),
+            )
+        except SolveError as error:
+            self.failed.setdefault(target, []).append((given, error))
+            raise
         self.reporter.solved(target, time.perf_counter() - started, len(packages))
-        return tuple(packages)
+        self.solved[key] = tuple(packages)
+        return self.solved[key]
 
     async def solve_many(
-        self, jobs: Mapping[Target, Sequence[str]]
+        self, jobs: Mapping[Target, tuple[str, ...]]
     ) -> dict[Target, tuple[LockedPackage, ...] | SolveError]:
         """Solve several targets at once; a SolveError is returned, anything else raised."""
         targets = sorted(jobs)
@@ -181,14 +197,21 @@ class _Resolver:
             out[target] = result
         return out
 
+    async def versions(self, platform: str, name: str) -> set[str]:
+        """Every version of ``name`` the channels offer for ``platform`` (noarch included)."""
+        key = (platform, name)
+        if key not in self.offered:
+            self.offered[key] = await self.solver.versions_available(
+                self.plan.channels, platform, name
+            )
+        return self.offered[key]
+
     # --- step 1 ---
 
-    async def solve_alone(self) -> dict[Target, tuple[LockedPackage, ...]]:
+    async def solve_alone(self) -> Solution:
         """Every target on its own; the first (in plan order) that cannot be solved is an
         error."""
-        results = await self.solve_many(
-            {r.target: self.constraints(r.target) for r in self.plan.requests}
-        )
+        results = await self.solve_many({r.target: r.constraints for r in self.plan.requests})
         for request in self.plan.requests:
             result = results[request.target]
             if isinstance(result, SolveError):
@@ -196,16 +219,16 @@ class _Resolver:
         return {t: r for t, r in results.items() if not isinstance(r, SolveError)}
 
     async def unsatisfiable(self, request: TargetRequest, error: SolveError) -> SolveError:
+        from envbuild.lock.explain import culprit, excluded_cuda, missing_spec, no_match
+
         roles = f" (roles: {', '.join(request.roles)})" if request.roles else ""
         why = culprit(error.details)
-        missing = _missing_spec(error.details)
+        missing = missing_spec(error.details)
         if missing:
             name = dependency_name(missing)
-            offered = await self.solver.versions_available(
-                self.plan.channels, request.target.platform, name
-            )
-            why = _no_match(missing, name, request.target.platform, offered)
-        elif _excluded_cuda(error.details):
+            offered = await self.versions(request.target.platform, name)
+            why = no_match(missing, name, request.target.platform, offered)
+        elif excluded_cuda(error.details):
             why = (
                 "a package it needs exists only as CUDA builds, and a CPU variant excludes the "
                 "CUDA runtime (cuda-version, cudatoolkit): move it to gpu-dependencies, or give "
@@ -213,215 +236,39 @@ class _Resolver:
             )
         return SolveError(f"cannot solve {request.target}{roles}: {why}", details=error.details)
 
-    # --- steps 2 and 3 ---
-
-    async def pin(self, disagreement: consistency.Disagreement) -> _Pin:
-        """A new pin that settles ``disagreement`` (it replaces any pin of the same package
-        and kind on some of the same targets, never choosing anything newer than it)."""
-        name, chosen = disagreement.package, disagreement.chosen
-        targets = frozenset(chosen)
-        previous = [
-            p
-            for p in self.pins
-            if p.package == name and p.kind == disagreement.kind and p.targets & targets
-        ]
-        for old in previous:
-            self.pins.remove(old)
-            targets |= old.targets
-        if disagreement.kind == "build":
-            candidates = [
-                f"{p.version} {p.build}"
-                for p in consistency.most_chosen(list(chosen.values()))
-                if not any(f"{p.version} {p.build}" not in old.candidates for old in previous)
-            ]
-            shown = {t: f"{p.version} {p.build}" for t, p in chosen.items()}
-        else:
-            candidates = await self.version_candidates(disagreement, previous)
-            shown = {t: p.version for t, p in chosen.items()}
-        pin = _Pin(name, disagreement.kind, targets, candidates, shown)
-        if not candidates:
-            raise self.exhausted(pin)
-        self.pins.append(pin)
-        self.reporter.note(
-            f"aligning {name} to {pin.choice} on {len(targets)} targets ({disagreement.describe()})"
-        )
-        return pin
-
-    async def version_candidates(
-        self, disagreement: consistency.Disagreement, previous: Sequence[_Pin]
-    ) -> list[str]:
-        """Versions every platform of the group offers, no newer than the lowest chosen (or
-        than an earlier pin's choice), newest first."""
-        name = disagreement.package
-        platforms = sorted({t.platform for t in disagreement.chosen})
-        offered = await asyncio.gather(
-            *(self.solver.versions_available(self.plan.channels, p, name) for p in platforms)
-        )
-        ceilings = [p.version for p in disagreement.chosen.values()]
-        ceilings += [old.choice for old in previous]
-        ceiling = min(version_key(v) for v in ceilings)
-        keyed = [{version_key(v): v for v in versions} for versions in offered]
-        common = set.intersection(*(set(k) for k in keyed))
-        candidates = [keyed[0][k] for k in common if k <= ceiling]
-        if not candidates and len(platforms) > 1:
-            listing = "; ".join(
-                f"{p}: {', '.join(sort_versions(o)) or 'none'}"
-                for p, o in zip(platforms, offered, strict=True)
-            )
-            raise ConsistencyError(
-                f"{disagreement.describe()}; no version of {name} is available on every "
-                "platform: list it under allow-platform-divergence in the spec to accept this",
-                details=f"versions offered per platform: {listing}",
-            )
-        return _newest_first(candidates)
-
-    async def settle(
-        self, solution: dict[Target, tuple[LockedPackage, ...]], changed: list[_Pin]
-    ) -> dict[Target, tuple[LockedPackage, ...]]:
-        """Re-solve the targets of ``changed`` pins; step down what a target cannot take."""
-        while changed:
-            # A target that already meets its pins would solve to what it has: skip it.
-            affected = sorted(
-                t
-                for t in set().union(*(p.targets for p in changed))
-                if not all(p.met_by(solution[t]) for p in self.pins if t in p.targets)
-            )
-            results = await self.solve_many({t: self.constraints(t) for t in affected})
-            failed = {t: r for t, r in results.items() if isinstance(r, SolveError)}
-            solution.update({t: r for t, r in results.items() if not isinstance(r, SolveError)})
-            blamed: dict[int, _Pin] = {}
-            for target, error in failed.items():
-                suspects = [p for p in changed if target in p.targets]
-                for pin in await self.blame(target, error, suspects):
-                    pin.refused.setdefault(target, []).append(pin.choice)
-                    blamed[id(pin)] = pin
-            for pin in blamed.values():
-                refused = pin.candidates.pop(0)
-                if not pin.candidates:
-                    raise self.exhausted(pin, failed)
-                refusers = [str(t) for t, r in sorted(pin.refused.items()) if refused in r]
-                self.reporter.note(
-                    f"{', '.join(refusers)} cannot take {pin.package} {refused}; "
-                    f"trying {pin.choice}"
-                )
-            changed = list(blamed.values())
-        return solution
-
-    async def blame(self, target: Target, error: SolveError, suspects: list[_Pin]) -> list[_Pin]:
-        """The pins among ``suspects`` that ``target`` cannot take."""
-        if len(suspects) <= 1:
-            return suspects
-        named = [p for p in suspects if _constraint_named(p.package, error.details)]
-        if named:
-            return named
-        takes = await asyncio.gather(*(self.takes(target, pin, suspects) for pin in suspects))
-        refused = [pin for pin, ok in zip(suspects, takes, strict=True) if not ok]
-        return refused or suspects
-
-    async def takes(self, target: Target, pin: _Pin, suspects: Sequence[_Pin]) -> bool:
-        """Whether ``target`` solves with ``pin`` but none of the other ``suspects``."""
-        others = [q for q in suspects if q is not pin]
-        try:
-            await self.solve(target, self.constraints(target, without=others))
-        except SolveError:
-            return False
-        return True
-
-    def exhausted(
-        self, pin: _Pin, failed: Mapping[Target, SolveError] | None = None
-    ) -> ConsistencyError:
-        """No candidate of ``pin`` suits every target: say what each target chose and refused."""
-        parts = []
-        for target in sorted(pin.targets):
-            request = self.request(target)
-            text = f"{request.describe()} chose {pin.chosen.get(target, 'nothing')}"
-            if pin.refused.get(target):
-                text += f", cannot take {', '.join(pin.refused[target])}"
-            parts.append(text)
-        what = "version" if pin.kind == "version" else "build"
-        details = "\n".join(f"{t}: {e.details}" for t, e in sorted((failed or {}).items()))
-        return ConsistencyError(
-            f"{pin.package}: no {what} suits every target that must share it: " + "; ".join(parts),
-            details=details or None,
-        )
-
-    # --- the loop ---
+    # --- the whole ---
 
     async def run(self) -> Resolution:
         solution = await self.solve_alone()
-        for round_number in range(1, MAX_ROUNDS + 1):
-            found = consistency.disagreements(solution, self.plan.allow_platform_divergence)
-            todo = [d for d in found if d.kind == "version"] or found
-            if not todo:
-                violations = consistency.check(
-                    solution, self.plan.gpu_dependencies, self.plan.allow_platform_divergence
-                )
-                if violations:
-                    raise ConsistencyError(
-                        f"the variants cannot share one environment: {violations[0].message}",
-                        details="\n".join(v.message for v in violations),
-                    )
-                return Resolution(
-                    packages=dict(sorted(solution.items())),
-                    solves=self.solves,
-                    rounds=round_number,
-                    pins={p.package: p.choice for p in self.pins},
-                )
-            changed = [await self.pin(d) for d in todo]
-            solution = await self.settle(solution, changed)
-        raise ConsistencyError(
-            f"the targets did not agree after {MAX_ROUNDS} rounds of alignment (pinned so far: "
-            f"{', '.join(f'{p.package} {p.choice}' for p in self.pins)})"
+        divergent = self.plan.allow_platform_divergence
+        if not consistency.disagreements(solution, divergent) and not consistency.check(
+            solution, self.plan.gpu_dependencies, divergent
+        ):  # the common case: the search (and its module) is not needed
+            return Resolution(dict(sorted(solution.items())), self.solves, 1, {})
+        from envbuild.lock.explain import Failure
+        from envbuild.lock.search import OutOfSolves, Search
+
+        self.budget = self.solves + MAX_SEARCH_SOLVES
+        search = Search(self)
+        try:
+            result = await search.search((), solution)
+        except OutOfSolves:
+            root = search.root.headline(self.describe) if search.root else "no lock found"
+            raise ConsistencyError(
+                f"gave up after {self.solves} solves without a consistent lock; so far: {root}"
+            ) from None
+        if isinstance(result, Failure):
+            raise result.error(self.describe)
+        packages, pins = result
+        return Resolution(
+            packages=dict(sorted(packages.items())),
+            solves=self.solves,
+            rounds=search.steps,
+            pins={p.package: p.value for p in pins if p.kind in ("version", "build")},
         )
 
-
-_BLAME = re.compile(r"cannot be (installed|fulfilled)")
-_MISSING = re.compile(r"No candidates were found for (.+?)\.?\s*$", re.MULTILINE)
-_PREFIXES = ("Cannot solve the request because of:", "the constraint")
-_EXCLUDED = re.compile(r"the constraint (cuda-version|cudatoolkit) <0a0 cannot be fulfilled")
-
-
-def _missing_spec(details: str | None) -> str | None:
-    """The requirement that matched no package at all, from a solver explanation."""
-    match = _MISSING.search(details or "")
-    return match.group(1).strip() if match else None
-
-
-def _excluded_cuda(details: str | None) -> bool:
-    return bool(_EXCLUDED.search(details or ""))
-
-
-def _constraint_named(package: str, details: str | None) -> bool:
-    return f"the constraint {package} ==" in (details or "")
-
-
-def _no_match(spec: str, name: str, platform: str, offered: Iterable[str]) -> str:
-    versions = _newest_first(offered)
-    if not versions:
-        return f"no package {name} in the channels for {platform}"
-    shown = ", ".join(versions[:SHOWN_VERSIONS])
-    if len(versions) > SHOWN_VERSIONS:
-        shown += f" and {len(versions) - SHOWN_VERSIONS} older"
-    return f"nothing matches '{spec}' on {platform}: the channels have {name} {shown}"
-
-
-def culprit(details: str | None) -> str:
-    """The package a solver explanation blames, as a short phrase."""
-    if not details:
-        return "the solver found no solution"
-    missing = _missing_spec(details)
-    if missing:
-        return f"nothing matches '{missing}' in the channels for this platform"
-    for line in details.splitlines():
-        match = _BLAME.search(line)
-        if not match:
-            continue
-        text = line.strip(" \t│├└─")
-        for prefix in _PREFIXES:
-            text = text.removeprefix(prefix).strip()
-        name = text.split()[0] if text.split() else "a package"
-        return f"{name} cannot be {match.group(1)} (solver's explanation below)"
-    return details.splitlines()[0]
+    def describe(self, target: Target) -> str:
+        return self.request(target).describe()
 
 
 async def resolve(
