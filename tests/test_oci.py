@@ -228,6 +228,50 @@ def test_an_oci_layout_names_each_image_by_its_tag(tmp_path: Path) -> None:
         assert manifest.read_bytes() == image.manifest
 
 
+def test_an_index_in_a_layout_resolves_per_platform_as_a_base(tmp_path: Path) -> None:
+    from envbuild.image.base import reference_digest, resolve
+    from envbuild.image.blobs import BlobStore
+
+    images = []
+    for subdir in ("linux-64", "linux-aarch64"):
+        platform = oci.platform_of(subdir)
+        tar = tmp_path / f"{subdir}.tar"
+        tar.write_bytes(f"a root for {subdir}".encode())
+        blob = tmp_path / f"{subdir}.tar.gz"
+        digest, size = oci.compress(tar, blob)
+        diff_id = oci.digest_of(tar.read_bytes())
+        layer = oci.Layer(oci.Descriptor(oci.LAYER_GZIP, digest, size), diff_id, path=blob)
+        config = oci.document(
+            {**platform.to_dict(), "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+        )
+        manifest = oci.document(oci.image_manifest(oci.describe(config, oci.CONFIG), [layer.blob]))
+        images.append(oci.Image(subdir, config, manifest, (layer,), platform))
+    index = oci.Index("bookworm", tuple(images))
+    layout = tmp_path / "layout"
+    oci.write_layout(layout, [index])
+
+    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+    assert (entry["mediaType"], entry["digest"]) == (oci.INDEX, index.digest)
+    assert entry["annotations"] == {oci.REF_NAME: "bookworm"}
+    document = json.loads((layout / "blobs" / "sha256" / index.digest[7:]).read_bytes())
+    assert [m["platform"] for m in document["manifests"]] == [
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "linux", "architecture": "arm64", "variant": "v8"},
+    ]
+    # As image.base, the index resolves to each platform's image; a third it lacks is named.
+    reference = parse_base(f"oci:{layout}:bookworm")
+    assert reference_digest(reference) == index.digest
+    store = BlobStore(tmp_path / "blobs")
+    for image in images:
+        base = resolve(reference, index.digest, image.platform, store)
+        assert base.digest == index.digest and base.layers[0].blob == image.layers[0].blob
+        assert base.config["architecture"] == image.platform.architecture
+    with pytest.raises(
+        Exception, match=r"has no linux/ppc64le image \(it has: linux/amd64, linux/arm64\)"
+    ):
+        resolve(reference, index.digest, oci.platform_of("linux-ppc64le"), store)
+
+
 # --- end to end: no engine to build or push, a real registry, a real engine to run -----------
 
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
