@@ -427,11 +427,18 @@ def test_another_machine_and_registry_get_the_same_digests_the_worker_only_its_l
         two = pushed.envbuild("image", "--role", "worker", "--push", "--json", "-f", spec, **env)
         worker = _outcomes(two)["worker"]
     assert scheduler["digest"] == pushed.first["scheduler"]["digest"]
-    assert worker["digest"] == pushed.first["worker"]["digest"]
+    assert worker["digest"] == pushed.first["worker"]["digest"]  # the index of both
     # The base came from the first registry (another one: no mount); then only the role's.
     assert scheduler["pushed"] == 4 and scheduler["mounted"] == 0
-    assert (worker["pushed"], worker["already_in_registry"]) == (1, 3)
-    assert worker["bytes_sent"] < 200_000  # the role layer (and config), not the environment
+    amd64, arm64 = worker["manifests"]
+    assert (amd64["platforms"], arm64["platforms"]) == (["linux-64"], ["linux-aarch64"])
+    assert (amd64["pushed"], amd64["already_in_registry"]) == (1, 3)
+    assert amd64["bytes_sent"] < 200_000  # the role layer (and config), not the environment
+    # The GH200 workers' image shares no layer with the x86 ones: its base, its packages.
+    assert (arm64["pushed"], arm64["already_in_registry"], arm64["mounted"]) == (4, 0, 0)
+    assert (
+        worker["pushed"] == 5 and worker["bytes_sent"] == amd64["bytes_sent"] + arm64["bytes_sent"]
+    )
 
 
 @pytest.mark.slow
@@ -545,17 +552,35 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
     assert len(components) == len(installed)
     exported = pushed.envbuild("export", "--format", "sbom", "--role", role, "-f", pushed.spec)
     assert exported.returncode == 0 and exported.stdout.encode() == shipped
-    # The artifact that refers to the image, found from the image's digest alone.
-    digest = pushed.first[role]["digest"]
+    # The artifact that refers to the image (the amd64 one the engine pulled, of the worker's
+    # index), found from the image's digest alone.
+    outcome = pushed.first[role]
+    digest = outcome["manifests"][0]["digest"] if outcome["manifests"] else outcome["digest"]
     referrers = find_referrers(pushed.repository, digest)
     assert [r.artifact_type for r in referrers] == ["application/vnd.cyclonedx+json"]
-    registry = open_registry(pushed.repository)
-    body, _, _ = registry.get_manifest(referrers[0].digest, (oci.MANIFEST,))
-    artifact = json.loads(body)
-    assert artifact["subject"]["digest"] == digest
-    blob = tmp = pushed.folder / f"sbom-{role}.json"
-    registry.get_blob(artifact["layers"][0]["digest"], tmp)
+    with open_registry(pushed.repository) as registry:
+        body, _, _ = registry.get_manifest(referrers[0].digest, (oci.MANIFEST,))
+        artifact = json.loads(body)
+        assert artifact["subject"]["digest"] == digest
+        blob = tmp = pushed.folder / f"sbom-{role}.json"
+        registry.get_blob(artifact["layers"][0]["digest"], tmp)
     assert blob.read_bytes() == shipped
+    # Each platform's image has its own SBOM, of its own packages.
+    for image in outcome["manifests"][1:]:
+        (referrer,) = find_referrers(pushed.repository, image["digest"])
+        with open_registry(pushed.repository) as registry:
+            body, _, _ = registry.get_manifest(referrer.digest, (oci.MANIFEST,))
+            sbom = pushed.folder / f"sbom-{role}-{image['platforms'][0]}.json"
+            registry.get_blob(json.loads(body)["layers"][0]["digest"], sbom)
+        exported = pushed.envbuild(
+            "export", "--format", "sbom", "--role", role, "--platform", image["platforms"][0],
+            "-f", pushed.spec,
+        )  # fmt: skip
+        assert exported.returncode == 0 and exported.stdout.encode() == sbom.read_bytes()
+        subdirs = {
+            _property(c, "conda:subdir") for c in json.loads(sbom.read_bytes())["components"]
+        }
+        assert "linux-aarch64" in subdirs and "linux-64" not in subdirs
 
 
 def _property(component: dict[str, Any], name: str) -> str | None:

@@ -140,32 +140,44 @@ class Delivery:
         return self.engine is not None and all(self.engine.has_image(r) for r in references)
 
     def plan_only(self, role: RolePlan) -> ImageOutcome:
-        chosen = self.platforms(role)
-        states = [self._plan_image(role, plan) for plan in role.images if plan.platform in chosen]
-        done = bool(states) and all(states)
-        if role.is_index and (self.targets.push or self.targets.skip_existing):
-            there = self._in_registry(role.reference)
-            what = "in the registry" if there else "pushed once every platform's image is there"
-            self.log(
-                f"{role.role:<10} {role.variant:<10} index {role.reference} "
-                f"({', '.join(role.platforms)}): {what}"
-            )
-            done = done and there
-        status: Status = "up-to-date" if done else "planned"
-        return ImageOutcome(
+        """Say what ``deliver`` would do with ``role``, asking the same questions."""
+        outcome = ImageOutcome(
             role.role,
             role.variant,
             role.reference,
-            status,
+            "planned",
             platforms=list(role.platforms),
             media_type=oci.INDEX if role.is_index else oci.MANIFEST,
         )
+        if role.is_index and self._skipped(role.role, role.variant, role.reference):
+            outcome.status = "in-registry"
+            return outcome
+        chosen = self.platforms(role)
+        done = [self._plan_image(role, plan) for plan in role.images if plan.platform in chosen]
+        if role.is_index and self.targets.push:
+            self.log(
+                f"{role.role:<10} {role.variant:<10} index {role.reference} "
+                f"({', '.join(role.platforms)}): pushed once every platform's image is there"
+            )
+            done.append(False)
+        if done and all(done):
+            outcome.status = "up-to-date"
+        return outcome
+
+    def _skipped(self, role: str, variant: str, reference: str) -> bool:
+        """Whether ``--skip-existing`` skips ``reference``: the registry has it (said)."""
+        if not (self.targets.skip_existing and self._in_registry(reference)):
+            return False
+        self.log(f"{role:<10} {variant:<10} {reference} is in the registry: skipped")
+        return True
 
     def _plan_image(self, role: RolePlan, plan: ImagePlan) -> bool:
         """Say whether ``plan``'s image would be built; whether its destinations have it."""
+        if self._skipped(plan.role, plan.variant, plan.reference):
+            return True
         where = []
         present = []
-        if self.targets.push or self.targets.skip_existing:
+        if self.targets.push:
             where.append("the registry")
             present.append(self._in_registry(plan.reference))
         tags = self._load_tags(role, plan)
@@ -194,10 +206,7 @@ class Delivery:
             platforms=list(role.platforms),
             media_type=oci.INDEX,
         )
-        if self.targets.skip_existing and self._in_registry(role.reference):
-            self.log(
-                f"{role.role:<10} {role.variant:<10} {role.reference} is in the registry: skipped"
-            )
+        if self._skipped(role.role, role.variant, role.reference):
             outcome.status = "in-registry"
             return outcome
         chosen = self.platforms(role)
@@ -223,10 +232,7 @@ class Delivery:
         outcome = ImageOutcome(
             plan.role, plan.variant, plan.reference, "up-to-date", platforms=[plan.platform]
         )
-        if self.targets.skip_existing and self._in_registry(plan.reference):
-            self.log(
-                f"{plan.role:<10} {plan.variant:<10} {plan.reference} is in the registry: skipped"
-            )
+        if self._skipped(plan.role, plan.variant, plan.reference):
             outcome.status = "in-registry"
             return outcome
         push = self.targets.push
