@@ -118,6 +118,8 @@ def main() -> int:
         _, records, names = write_forge(work / "channel", extra=LINUX_ONLY_NEWEST)
         print(f"channel: {records} records, {names} names ({time.perf_counter() - started:.1f} s)")
         example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+        # The benchmark channel models conda-forge's linux-64 and osx-arm64 only.
+        example = example.replace("platforms: [linux-64, linux-aarch64]", "platforms: [linux-64]")
         spec = work / "envbuild.yaml"
         spec.write_text(example.replace("[../../build/demo-channel]", "[./channel]"))
         aligning = work / "aligning" / "envbuild.yaml"
