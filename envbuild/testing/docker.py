@@ -106,7 +106,8 @@ def engine(data_root: Path | None = None) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="ebd-", dir="/tmp"))
     socket_path = folder / "docker.sock"
     log = folder / "dockerd.log"
-    data = data_root.absolute() if data_root else folder / "data"
+    # Resolved: runc refuses a rootfs whose path goes through a symlink (a linked build/cache).
+    data = data_root.resolve() if data_root else folder / "data"
     command = [
         "dockerd",
         "--data-root",
