@@ -88,7 +88,7 @@ schema: $(STAMP)
 
 # Ratios against baselines measured in the same run; not part of `make test` (timings are noisy).
 # Every benchmark runs; the misses are listed at the end.
-BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images
+BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images bench_arm64
 bench: $(STAMP)
 	@missed=""; for b in $(BENCHMARKS); do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || missed="$$missed $$b"; \

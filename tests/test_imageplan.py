@@ -140,13 +140,16 @@ def test_a_role_of_two_platforms_gets_one_tag_for_an_index_of_two_images() -> No
     assert arm64.labels["io.envbuild.platform"] == "linux-aarch64"
     assert amd64.labels["io.envbuild.platform"] == "linux-64"
     assert '"platform": "linux-aarch64"' not in amd64.sbom
-    # The split holds per platform: on arm64 only the worker's variant exists, so every
-    # package is shared there; on amd64 it is what it was.
-    assert {p.subdir for p in arm64.split.shared} == {"linux-aarch64", "noarch"}
-    assert (
-        arm64.split.variant == ()
-        and amd64.split == plan_image(lock, "worker", SETTINGS, source).split
-    )
+    # The split holds per platform: on arm64 only the worker's variant runs, yet the CUDA
+    # stack is its own layer there too (what not every variant holds), of aarch64 builds.
+    assert amd64.split == plan_image(lock, "worker", SETTINGS, source).split
+    for layer in ("shared", "variant"):
+        names = {p.name for p in getattr(arm64.split, layer)}
+        assert names == {p.name for p in getattr(amd64.split, layer)}, layer
+    assert {p.name for p in arm64.split.variant} >= {"cupy", "cuda-cudart", "cuda-version"}
+    assert {p.subdir for p in arm64.split.variant} == {"linux-aarch64", "noarch"}
+    alike = set(arm64.split.shared) & set(amd64.split.shared)
+    assert alike and {p.subdir for p in alike} == {"noarch"}  # the same pure-Python packages
     # A role of one platform is tagged with its image, as before: no index, no suffix.
     for role in ("client", "scheduler"):
         single = plan_role(both, role, SETTINGS, source)

@@ -7,9 +7,9 @@ with an OCI image index of its images (``RolePlan``), each of which also has a t
 bottom to top:
 
 1. the spec's base image (this platform's, from an index);
-2. ``shared``: the packages every variant of the lock holds on this platform (same name,
-   version, build and sha256), so the images of every role of one lock carry the same bytes
-   there;
+2. ``shared``: the packages every variant of the lock holds (the same name and version; on
+   this platform the same build and sha256 in each target), so the images of every role of
+   one lock and platform carry the same bytes there;
 3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
    a CPU build pulls in) and the environment's stamp;
 4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the
@@ -98,13 +98,23 @@ def image_platforms(lock: Lock, role: str) -> tuple[str, ...]:
 
 
 def split_layers(lock: Lock, variant: str, platform: str = "linux-64") -> LayerSplit:
-    """The shared packages (in every variant of ``platform``, byte for byte) and
-    ``variant``'s own there."""
+    """The shared packages and ``variant``'s own on ``platform``. Shared: in every variant of
+    the lock (the same name and version, whatever platform a variant runs on) and, on this
+    platform, byte for byte in each target. So the images of the variants of one platform
+    share the layer, and a platform only one variant runs on (the GH200 workers' arm64)
+    splits as the others do: the CUDA stack apart, a layer that stays the same when another
+    variant comes to that platform."""
     targets = [t for t in lock.targets if t.platform == platform]
     common = set.intersection(*({_identity(p) for p in t.packages} for t in targets))
+    held: dict[str, set[tuple[str, str]]] = {}
+    for target in lock.targets:
+        held.setdefault(target.variant, set()).update((p.name, p.version) for p in target.packages)
+    everywhere = set.intersection(*held.values())
     mine = next(t for t in targets if t.variant == variant)
-    shared = tuple(p for p in mine.packages if _identity(p) in common)
-    own = tuple(p for p in mine.packages if _identity(p) not in common)
+    shared = tuple(
+        p for p in mine.packages if _identity(p) in common and (p.name, p.version) in everywhere
+    )
+    own = tuple(p for p in mine.packages if p not in shared)
     return LayerSplit(shared, own)
 
 
