@@ -308,6 +308,7 @@ class Delivery:
             f"the layout has no index {role.tag}: the {', '.join(missing)} image was not built "
             "in this run; each built image is there by its own tag"
         )
+        self.log(f"{role.role:<10} {role.variant:<10} {outcome.note}")
 
     def base(self, platform: str) -> BaseImage:
         """The base for ``platform``: its manifest and config (resolved once)."""
