@@ -44,8 +44,11 @@ ROLES   := client scheduler worker
 # The main job on the bundled offline example: a channel of real packages made here from
 # pinned wheels and Debian's python (fetched once, then offline), one lock for every role, an
 # export, the three role environments, a cluster started from them that computes, then the
-# three role images and the same cluster in containers (when an engine can be had), and the
-# Kubernetes DaskCluster that runs those images (written, not applied: no cluster here).
+# three role images and the same cluster in containers (when an engine can be had), the
+# images pushed to a registry started here with the worker's tag an index of its amd64 and
+# arm64 images (GH200 workers beside A100s), inspected and rebuilt from nothing to the same
+# digests, and the Kubernetes DaskCluster that runs those images (written, not applied: no
+# cluster here).
 # Wheels, packages and the built channel are cached under build/cache: a re-run takes seconds.
 demo: export ENVBUILD_CACHE_DIR := $(abspath build/cache)
 demo:
@@ -62,6 +65,7 @@ demo:
 	$(BIN)/envbuild verify $(EXAMPLE) --role worker --prefix $(DEMO)/envs/worker --files
 	$(BIN)/python -m envbuild.testing.cluster $(EXAMPLE) --workdir $(DEMO)
 	$(BIN)/python -m envbuild.testing.containers $(EXAMPLE) --cache build/cache
+	$(BIN)/python -m envbuild.testing.indexes $(EXAMPLE) --cache build/cache
 	$(BIN)/envbuild deploy kubernetes $(EXAMPLE) --no-registry-check -o $(DEMO)/cluster.yaml
 
 lint: $(STAMP)
@@ -84,7 +88,7 @@ schema: $(STAMP)
 
 # Ratios against baselines measured in the same run; not part of `make test` (timings are noisy).
 # Every benchmark runs; the misses are listed at the end.
-BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images
+BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images bench_arm64
 bench: $(STAMP)
 	@missed=""; for b in $(BENCHMARKS); do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || missed="$$missed $$b"; \

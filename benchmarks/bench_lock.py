@@ -122,6 +122,8 @@ def example(folder: Path, channel: Path, extra: str = "") -> Path:
     """The dask-gpu example's spec in ``folder``, on ``channel`` (plus ``extra`` deps)."""
     text = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
     text = text.replace("[../../build/demo-channel]", f"[{channel}]")
+    # The benchmark channel models conda-forge's linux-64 and osx-arm64 only.
+    text = text.replace("platforms: [linux-64, linux-aarch64]", "platforms: [linux-64]")
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "envbuild.yaml"
     spec.write_text(text.replace("  - numpy\n", f"  - numpy\n{extra}"))

@@ -157,6 +157,8 @@ def main() -> int:
             (REPO / "examples" / "dask-gpu" / "envbuild.yaml")
             .read_text()
             .replace("[../../build/demo-channel]", "[./channel]")
+            # The benchmark channel models conda-forge's linux-64 and osx-arm64 only.
+            .replace("platforms: [linux-64, linux-aarch64]", "platforms: [linux-64]")
         )
         plan = plan_for(load_spec(spec))
         a_times, b_times, b_solves, sizes = [], [], [], []

@@ -56,7 +56,8 @@ class ContainerSetup:
 
     host: str
     registry: Any  # envbuild.testing.docker.Registry
-    #: the demo's base image in that registry (``ADDRESS/envbuild-demo/base:bookworm``)
+    #: the demo's base image in that registry (``ADDRESS/envbuild-demo/base:bookworm``), an
+    #: index of an amd64 and an arm64 image
     base: str = ""
 
 
@@ -68,7 +69,8 @@ def containers() -> Iterator[ContainerSetup]:
     why = local_docker.usable()
     require(why is None, f"no Docker engine can be started here: {why}")
     base = local_docker.base_tar(REPO / "build" / "cache")
-    layout = local_docker.base_layout(REPO / "build" / "cache")
+    # amd64 and arm64, as an index: the example's worker pool has both (GH200 beside A100)
+    layout = local_docker.base_index_layout(REPO / "build" / "cache")
     with local_docker.engine() as host, local_docker.registry() as registry:
         local_docker.import_base(host, base)
         yield ContainerSetup(host, registry, local_docker.push_base(layout, registry.address))

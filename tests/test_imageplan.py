@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from envbuild.env import runtime
-from envbuild.image.plan import ImageSettings, buildable_roles, plan_image, split_layers
-from envbuild.lock.lockfile import Lock, loads
+from envbuild.image import matrix
+from envbuild.image.plan import (
+    ImageSettings,
+    buildable_roles,
+    plan_image,
+    plan_role,
+    split_layers,
+)
+from envbuild.lock.lockfile import Lock, LockedTarget, Target, loads
 
 from .conftest import TESTS
 
@@ -88,4 +95,101 @@ def test_roles_without_linux_have_no_image() -> None:
     )
     roles, skipped = buildable_roles(dataclasses.replace(lock, roles=mac_only))
     assert roles == ["scheduler", "worker"]
-    assert skipped == {"client": "locked for osx-arm64 only; images are built for linux-64"}
+    assert skipped == {
+        "client": "locked for osx-arm64 only; images are built for linux-64, linux-aarch64, "
+        "linux-ppc64le"
+    }
+
+
+def with_arm64_workers(lock: Lock) -> Lock:
+    """``lock`` with the worker also locked for linux-aarch64 (GH200s beside A100s): its
+    CUDA target again, every compiled package an aarch64 build (another sha256)."""
+    x86 = lock.target(Target("cuda-12.4", "linux-64"))
+    packages = tuple(
+        p
+        if p.subdir == "noarch"
+        else dataclasses.replace(
+            p,
+            subdir="linux-aarch64",
+            url=p.url.replace("linux-64", "linux-aarch64"),
+            sha256=p.sha256[::-1],
+        )
+        for p in x86.packages
+    )
+    arm = LockedTarget(
+        Target("cuda-12.4", "linux-aarch64"), x86.specs, x86.virtual_packages, packages
+    )
+    roles = tuple(
+        dataclasses.replace(r, platforms=("linux-64", "linux-aarch64")) if r.name == "worker" else r
+        for r in lock.roles
+    )
+    return dataclasses.replace(lock, roles=roles, targets=(*lock.targets, arm))
+
+
+def test_a_role_of_two_platforms_gets_one_tag_for_an_index_of_two_images() -> None:
+    lock = golden_lock()
+    both = with_arm64_workers(lock)
+    source = runtime.files()
+    worker = plan_role(both, "worker", SETTINGS, source)
+    assert worker.is_index and worker.platforms == ("linux-64", "linux-aarch64")
+    amd64, arm64 = worker.images
+    # Each image has its own tag (the architecture after it); the role's names the index.
+    assert amd64.tag.endswith("-amd64") and arm64.tag.endswith("-arm64")
+    assert worker.tag.startswith("worker-cuda-12.4-") and len(worker.tag.rsplit("-", 1)[1]) == 12
+    assert len({worker.tag, amd64.tag, arm64.tag}) == 3
+    assert arm64.labels["io.envbuild.platform"] == "linux-aarch64"
+    assert amd64.labels["io.envbuild.platform"] == "linux-64"
+    assert '"platform": "linux-aarch64"' not in amd64.sbom
+    # The split holds per platform: on arm64 only the worker's variant runs, yet the CUDA
+    # stack is its own layer there too (what not every variant holds), of aarch64 builds.
+    assert amd64.split == plan_image(lock, "worker", SETTINGS, source).split
+    for layer in ("shared", "variant"):
+        names = {p.name for p in getattr(arm64.split, layer)}
+        assert names == {p.name for p in getattr(amd64.split, layer)}, layer
+    assert {p.name for p in arm64.split.variant} >= {"cupy", "cuda-cudart", "cuda-version"}
+    assert {p.subdir for p in arm64.split.variant} == {"linux-aarch64", "noarch"}
+    alike = set(arm64.split.shared) & set(amd64.split.shared)
+    assert alike and {p.subdir for p in alike} == {"noarch"}  # the same pure-Python packages
+    # A role of one platform is tagged with its image, as before: no index, no suffix.
+    for role in ("client", "scheduler"):
+        single = plan_role(both, role, SETTINGS, source)
+        assert not single.is_index and single.platforms == ("linux-64",)
+        assert single.tag == single.images[0].tag == plan_image(both, role, SETTINGS, source).tag
+        assert not single.tag.endswith("-amd64")
+    # What goes into one platform's image moves that image's tag and the index's.
+    moved = dataclasses.replace(
+        both,
+        targets=tuple(
+            dataclasses.replace(t, packages=t.packages[1:]) if t.platform == "linux-aarch64" else t
+            for t in both.targets
+        ),
+    )
+    again = plan_role(moved, "worker", SETTINGS, source)
+    assert again.tag != worker.tag and again.images[1].tag != arm64.tag
+
+
+def test_the_matrix_has_a_build_per_variant_and_platform() -> None:
+    both = with_arm64_workers(golden_lock())
+    plans = [
+        plan_role(both, r, SETTINGS, runtime.files()) for r in ("client", "scheduler", "worker")
+    ]
+    worker = plans[2]
+    have = {worker.images[0].reference}  # the amd64 job ran; the arm64 one has not
+    builds = matrix.plan_builds(plans, lambda reference: reference in have)
+    entries = {(e["variant"], e["platform"]): e for e in matrix.github_matrix(builds)["include"]}
+    assert sorted(entries) == [
+        ("cpu", "linux-64"),
+        ("cuda-12.4", "linux-64"),
+        ("cuda-12.4", "linux-aarch64"),
+    ]
+    arm = entries["cuda-12.4", "linux-aarch64"]
+    assert arm["args"] == "--role worker --platform linux-aarch64"
+    assert arm["images"] == worker.images[1].reference and arm["missing"] == "worker"
+    assert arm["indexes"] == worker.reference
+    x86 = entries["cuda-12.4", "linux-64"]
+    assert x86["args"] == "--role scheduler --role worker --platform linux-64"
+    # The amd64 image is there, but the role is not complete until its index is.
+    assert x86["missing"] == "scheduler worker"
+    table = matrix.render_table(builds, {})
+    assert f"worker: index {worker.reference} (linux-64, linux-aarch64): missing" in table
+    assert "3 builds (cpu linux-64, cuda-12.4 linux-64, cuda-12.4 linux-aarch64)" in table

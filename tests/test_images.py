@@ -112,13 +112,24 @@ def layers(built: Built, role: str) -> list[str]:
 
 def test_three_roles_build_and_push_with_content_addressed_tags(built: Built) -> None:
     lines = built.first.stdout.splitlines()
-    assert sum(" built " in line for line in lines) == 3, built.first.stdout
-    assert sum("layers sent" in line for line in lines) == 3
+    # Four images: the worker pool's amd64 and arm64 ones under one tag, an index of both.
+    assert sum(" built " in line for line in lines) == 4, built.first.stdout
+    assert sum("layers sent" in line for line in lines) == 4
+    assert (
+        sum(" index " in line and ": pushed (linux-64, linux-aarch64)" in line for line in lines)
+        == 1
+    )
     for role, reference in built.images.items():
         repository, tag = reference.rsplit(":", 1)
         assert repository == f"{built.registry.address}/dask-gpu"
         variant = "cpu" if role == "client" else "cuda-12.4"
         assert tag.startswith(f"{role}-{variant}-") and len(tag.rsplit("-", 1)[1]) == 12
+    # The engine got the image of its own platform under the worker's tag, as a pull would.
+    client = built.docker()
+    try:
+        assert client.images.get(built.images["worker"]).attrs["Architecture"] == "amd64"
+    finally:
+        client.close()
 
 
 def test_roles_share_every_layer_below_their_own(built: Built) -> None:
@@ -212,7 +223,7 @@ def test_a_second_run_builds_nothing_and_pushes_no_layer(built: Built) -> None:
     assert again.stdout.count("is up to date: nothing built") == 3
     pushed = built.envbuild("image", "--all", "--push", "-f", built.spec)
     assert pushed.returncode == 0, pushed.stderr
-    assert pushed.stdout.count(": 0 layers sent (0 B)") == 3
+    assert pushed.stdout.count(": 0 layers sent (0 B)") == 4  # the worker's two platforms
 
 
 def test_images_run_as_a_non_root_user_and_carry_no_credentials(built: Built) -> None:
@@ -323,18 +334,22 @@ def test_without_an_engine_context_still_works(built: Built, tmp_path: Path) -> 
         DOCKER_HOST="unix:///nowhere.sock",
     )
     assert written.returncode == 0, written.stderr
-    assert sorted(p.name for p in context.iterdir()) == [
-        "Dockerfile",
-        "role.tar",
-        "shared.tar",
-        "variant.tar",
-    ]
+    # A context per platform of the worker's: ADD and nothing run, so any builder makes it.
+    assert sorted(p.name for p in context.iterdir()) == ["linux-64", "linux-aarch64"]
+    for platform in ("linux-64", "linux-aarch64"):
+        assert sorted(p.name for p in (context / platform).iterdir()) == [
+            "Dockerfile",
+            "role.tar",
+            "shared.tar",
+            "variant.tar",
+        ]
+    assert "docker build --platform linux/arm64 -t " in written.stdout
     # Built by docker-py's own build call, outside envbuild (the base pulled by digest from
     # the registry): the same files as the image envbuild assembled.
     client = built.docker()
     try:
         image, _ = client.images.build(
-            path=str(context), tag="context-check:1", network_mode="none"
+            path=str(context / "linux-64"), tag="context-check:1", network_mode="none"
         )
         assert len(image.attrs["RootFS"]["Layers"]) == 4
         assert image.attrs["RootFS"]["Layers"][0] == layers(built, "worker")[0]  # the base

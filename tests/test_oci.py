@@ -228,6 +228,50 @@ def test_an_oci_layout_names_each_image_by_its_tag(tmp_path: Path) -> None:
         assert manifest.read_bytes() == image.manifest
 
 
+def test_an_index_in_a_layout_resolves_per_platform_as_a_base(tmp_path: Path) -> None:
+    from envbuild.image.base import reference_digest, resolve
+    from envbuild.image.blobs import BlobStore
+
+    images = []
+    for subdir in ("linux-64", "linux-aarch64"):
+        platform = oci.platform_of(subdir)
+        tar = tmp_path / f"{subdir}.tar"
+        tar.write_bytes(f"a root for {subdir}".encode())
+        blob = tmp_path / f"{subdir}.tar.gz"
+        digest, size = oci.compress(tar, blob)
+        diff_id = oci.digest_of(tar.read_bytes())
+        layer = oci.Layer(oci.Descriptor(oci.LAYER_GZIP, digest, size), diff_id, path=blob)
+        config = oci.document(
+            {**platform.to_dict(), "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+        )
+        manifest = oci.document(oci.image_manifest(oci.describe(config, oci.CONFIG), [layer.blob]))
+        images.append(oci.Image(subdir, config, manifest, (layer,), platform))
+    index = oci.Index("bookworm", tuple(images))
+    layout = tmp_path / "layout"
+    oci.write_layout(layout, [index])
+
+    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+    assert (entry["mediaType"], entry["digest"]) == (oci.INDEX, index.digest)
+    assert entry["annotations"] == {oci.REF_NAME: "bookworm"}
+    document = json.loads((layout / "blobs" / "sha256" / index.digest[7:]).read_bytes())
+    assert [m["platform"] for m in document["manifests"]] == [
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "linux", "architecture": "arm64", "variant": "v8"},
+    ]
+    # As image.base, the index resolves to each platform's image; a third it lacks is named.
+    reference = parse_base(f"oci:{layout}:bookworm")
+    assert reference_digest(reference) == index.digest
+    store = BlobStore(tmp_path / "blobs")
+    for image in images:
+        base = resolve(reference, index.digest, image.platform, store)
+        assert base.digest == index.digest and base.layers[0].blob == image.layers[0].blob
+        assert base.config["architecture"] == image.platform.architecture
+    with pytest.raises(
+        Exception, match=r"has no linux/ppc64le image \(it has: linux/amd64, linux/arm64\)"
+    ):
+        resolve(reference, index.digest, oci.platform_of("linux-ppc64le"), store)
+
+
 # --- end to end: no engine to build or push, a real registry, a real engine to run -----------
 
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
@@ -384,11 +428,18 @@ def test_another_machine_and_registry_get_the_same_digests_the_worker_only_its_l
         two = pushed.envbuild("image", "--role", "worker", "--push", "--json", "-f", spec, **env)
         worker = _outcomes(two)["worker"]
     assert scheduler["digest"] == pushed.first["scheduler"]["digest"]
-    assert worker["digest"] == pushed.first["worker"]["digest"]
+    assert worker["digest"] == pushed.first["worker"]["digest"]  # the index of both
     # The base came from the first registry (another one: no mount); then only the role's.
     assert scheduler["pushed"] == 4 and scheduler["mounted"] == 0
-    assert (worker["pushed"], worker["already_in_registry"]) == (1, 3)
-    assert worker["bytes_sent"] < 200_000  # the role layer (and config), not the environment
+    amd64, arm64 = worker["manifests"]
+    assert (amd64["platforms"], arm64["platforms"]) == (["linux-64"], ["linux-aarch64"])
+    assert (amd64["pushed"], amd64["already_in_registry"]) == (1, 3)
+    assert amd64["bytes_sent"] < 200_000  # the role layer (and config), not the environment
+    # The GH200 workers' image shares no layer with the x86 ones: its base, its packages.
+    assert (arm64["pushed"], arm64["already_in_registry"], arm64["mounted"]) == (4, 0, 0)
+    assert (
+        worker["pushed"] == 5 and worker["bytes_sent"] == amd64["bytes_sent"] + arm64["bytes_sent"]
+    )
 
 
 @pytest.mark.slow
@@ -502,8 +553,10 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
     assert len(components) == len(installed)
     exported = pushed.envbuild("export", "--format", "sbom", "--role", role, "-f", pushed.spec)
     assert exported.returncode == 0 and exported.stdout.encode() == shipped
-    # The artifact that refers to the image, found from the image's digest alone.
-    digest = pushed.first[role]["digest"]
+    # The artifact that refers to the image (the amd64 one the engine pulled, of the worker's
+    # index), found from the image's digest alone.
+    outcome = pushed.first[role]
+    digest = outcome["manifests"][0]["digest"] if outcome["manifests"] else outcome["digest"]
     referrers = find_referrers(pushed.repository, digest)
     assert [r.artifact_type for r in referrers] == ["application/vnd.cyclonedx+json"]
     blob = pushed.folder / f"sbom-{role}.json"
@@ -513,6 +566,22 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
         assert artifact["subject"]["digest"] == digest
         registry.get_blob(artifact["layers"][0]["digest"], blob)
     assert blob.read_bytes() == shipped
+    # Each platform's image has its own SBOM, of its own packages.
+    for image in outcome["manifests"][1:]:
+        (referrer,) = find_referrers(pushed.repository, image["digest"])
+        with open_registry(pushed.repository) as registry:
+            body, _, _ = registry.get_manifest(referrer.digest, (oci.MANIFEST,))
+            sbom = pushed.folder / f"sbom-{role}-{image['platforms'][0]}.json"
+            registry.get_blob(json.loads(body)["layers"][0]["digest"], sbom)
+        exported = pushed.envbuild(
+            "export", "--format", "sbom", "--role", role, "--platform", image["platforms"][0],
+            "-f", pushed.spec,
+        )  # fmt: skip
+        assert exported.returncode == 0 and exported.stdout.encode() == sbom.read_bytes()
+        subdirs = {
+            _property(c, "conda:subdir") for c in json.loads(sbom.read_bytes())["components"]
+        }
+        assert "linux-aarch64" in subdirs and "linux-64" not in subdirs
 
 
 def _property(component: dict[str, Any], name: str) -> str | None:

@@ -61,30 +61,40 @@ def test_lock_check_plan_build_push_and_only_what_changed(
         said.append(done.stdout + done.stderr)
         return done
 
-    def plan() -> dict[str, dict[str, object]]:
+    def plan() -> dict[tuple[str, str], dict[str, object]]:
         done = envbuild("plan", "--json")
         assert done.returncode == 0, done.stderr
-        return {entry["variant"]: entry for entry in json.loads(done.stdout)["include"]}
+        entries = json.loads(done.stdout)["include"]
+        return {(entry["variant"], entry["platform"]): entry for entry in entries}
 
     assert envbuild("lock", "-q").returncode == 0
     assert envbuild("lock", "--check").returncode == 0
-    # 1. Nothing in the registry: two builds (one per variant), every image missing.
+    # 1. Nothing in the registry: a build per variant and platform (the workers are A100s
+    #    and GH200s), every image missing.
     first = plan()
-    assert sorted(first) == ["cpu", "cuda-12.4"]
-    assert first["cuda-12.4"]["roles"] == "scheduler worker"
-    assert first["cuda-12.4"]["args"] == "--role scheduler --role worker"
-    assert (
-        first["cuda-12.4"]["missing"] == "scheduler worker" and first["cpu"]["missing"] == "client"
-    )
-    # 2. Each build's job, as the matrix drives it.
-    for entry in first.values():
+    gpu, arm, cpu = ("cuda-12.4", "linux-64"), ("cuda-12.4", "linux-aarch64"), ("cpu", "linux-64")
+    assert sorted(first) == [cpu, gpu, arm]
+    assert first[gpu]["roles"] == "scheduler worker"
+    assert first[gpu]["args"] == "--role scheduler --role worker --platform linux-64"
+    assert first[arm]["args"] == "--role worker --platform linux-aarch64"
+    assert first[gpu]["missing"] == "scheduler worker" and first[cpu]["missing"] == "client"
+    assert first[arm]["missing"] == "worker" and first[arm]["indexes"] == first[gpu]["indexes"]
+    # 2. Each build's job, as the matrix drives it (here one after the other; on CI at once).
+    jobs = {}
+    for key, entry in first.items():
         job = envbuild("image", *str(entry["args"]).split(), "--push", "--skip-existing")
         assert job.returncode == 0, job.stderr
         assert job.stdout.count(" built ") == len(str(entry["roles"]).split())
+        jobs[key] = job.stdout
+    # The worker's tag names the index of both: pushed by the job that completed it, not
+    # before (a tag never names half an index).
+    assert "not pushed yet" in jobs[gpu] and "linux-aarch64 image too" in jobs[gpu]
+    assert ": pushed (linux-64, linux-aarch64)" in jobs[arm]
     # 3. Everything is in the registry: the plan says so, and a second run does nothing.
     assert all(entry["present"] and entry["missing"] == "" for entry in plan().values())
     table = envbuild("plan")
-    assert table.stdout.count("in the registry") == 3 and "0 images to build" in table.stdout
+    assert table.stdout.count("in the registry") == 5  # four images, one index
+    assert "0 images to build" in table.stdout
     again = envbuild("image", "--all", "--push", "--skip-existing")
     assert again.returncode == 0
     assert again.stdout.count("is in the registry: skipped") == 3
@@ -110,16 +120,20 @@ def test_lock_check_plan_build_push_and_only_what_changed(
     stale = envbuild("lock", "--check")
     assert stale.returncode == 4
     assert "::error title=envbuild::" in stale.stderr and "is stale" in stale.stderr
-    # 5. Re-lock: only the image whose content changed is missing, and only it is built.
+    # 5. Re-lock: only the images whose content changed are missing, and only they are built.
     assert envbuild("lock", "-q").returncode == 0
     changed = plan()
-    assert changed["cuda-12.4"]["missing"] == "worker" and changed["cpu"]["missing"] == ""
-    early = envbuild("deploy", "helm")  # before the job pushed the new worker image
+    assert changed[gpu]["missing"] == "worker" and changed[cpu]["missing"] == ""
+    assert changed[arm]["missing"] == "worker"
+    early = envbuild("deploy", "helm")  # before the jobs pushed the new worker images
     assert early.returncode == 17 and "`envbuild image --role worker --push`" in early.stderr
-    job = envbuild("image", *str(changed["cuda-12.4"]["args"]).split(), "--push", "--skip-existing")
+    job = envbuild("image", *str(changed[gpu]["args"]).split(), "--push", "--skip-existing")
     assert job.returncode == 0, job.stderr
     assert "scheduler  cuda-12.4  " in job.stdout and "is in the registry: skipped" in job.stdout
     assert job.stdout.count(" built ") == 1 and "worker     cuda-12.4  built" in job.stdout
+    assert envbuild("deploy", "helm").returncode == 17  # the arm64 image is not there yet
+    job = envbuild("image", *str(changed[arm]["args"]).split(), "--push", "--skip-existing")
+    assert job.returncode == 0 and ": pushed (linux-64, linux-aarch64)" in job.stdout
     # GitHub outputs were written; no credential was ever printed.
     envbuild("plan", "--github-output")
     output = (tmp_path / "github-output").read_text()

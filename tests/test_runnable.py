@@ -76,9 +76,16 @@ def test_the_example_as_shipped_locks_one_consistent_environment(
 
     records: Records = exported(envbuild, example)
 
-    assert set(records) == {"cpu/linux-64", "cpu/osx-arm64", "cuda-12.4/linux-64"}
+    assert set(records) == {
+        "cpu/linux-64",
+        "cpu/osx-arm64",
+        "cuda-12.4/linux-64",
+        "cuda-12.4/linux-aarch64",  # the GH200 workers
+    }
     assert_invariant(records, builds_may_differ=GPU_STACK, runtime=())
     gpu, cpu, mac = (records[t] for t in ("cuda-12.4/linux-64", "cpu/linux-64", "cpu/osx-arm64"))
+    arm = records["cuda-12.4/linux-aarch64"]
+    assert set(arm) == set(gpu) and all(arm[n][0] == gpu[n][0] for n in gpu)  # same versions
     assert set(gpu) - set(cpu) == GPU_STACK and set(cpu) - set(gpu) == set()
     assert gpu["cuda-version"][0] == "12.4" and gpu["cuda-cudart"][0] == "12.4.127"
     assert gpu["cupy"][0] == "13.3.0" and gpu["cupy"][1].startswith("py311cuda12")
@@ -90,6 +97,8 @@ def test_the_example_as_shipped_locks_one_consistent_environment(
     # Virtual packages are declared by the spec, not detected: this machine has no GPU.
     declared = document["variants"]["cuda-12.4"]["targets"]["linux-64"]["virtual-packages"]
     assert "__cuda=12.4=0" in declared and "__glibc=2.28=0" in declared
+    arm_declared = document["variants"]["cuda-12.4"]["targets"]["linux-aarch64"]
+    assert "__archspec=1=aarch64" in arm_declared["virtual-packages"]
 
 
 def test_two_cuda_majors_lock_from_the_same_wheels(runnable_channel: Path, tmp_path: Path) -> None:

@@ -88,11 +88,9 @@ def _sbom(
 
     if role is None:
         raise SelectionError("--format sbom is a role image's: choose the role with --role")
-    if platform not in (None, "linux-64"):
-        raise SelectionError("images, and so their SBOMs, are built for linux-64 only")
-    images.select_roles(lock, [role], False)
+    images.select_roles(lock, [role], False, [platform] if platform else [])
     settings = images.with_base_digest(images.image_settings(spec, lock), spec)
-    text = images.plan_image(lock, role, settings).sbom
+    text = images.plan_image(lock, role, settings, platform).sbom
     if target is None:
         return text
     write_atomic(target, text)

@@ -21,7 +21,15 @@ Roles = Annotated[
     list[str] | None,
     typer.Option("--role", "-r", help="A role to build; repeatable (see envbuild plan)."),
 ]
-Every = Annotated[bool, typer.Option("--all", help="Every role that runs on linux-64.")]
+Every = Annotated[bool, typer.Option("--all", help="Every role that runs on Linux.")]
+Platforms = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--platform",
+        help="Build the images of this platform only (linux-64, linux-aarch64); repeatable. "
+        "Default: every platform of each role (loading only: the engine's).",
+    ),
+]
 Push = Annotated[
     bool,
     typer.Option(
@@ -70,6 +78,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Say what would be built
 def image(
     role: Roles = None,
     every: Every = False,
+    platform: Platforms = None,
     push: Push = False,
     oci: Oci = None,
     load: Load = False,
@@ -89,6 +98,9 @@ def image(
     --push sends them to image.repository through the registry API, --oci DIR writes an OCI
     image layout, --load hands them to the local engine (the default when an engine answers).
     Tags are content-addressed: an unchanged lock builds nothing and pushes no layer.
+
+    A role of several platforms gets an image per platform (tagged ...-amd64, ...-arm64) and
+    one tag for their index, pushed once the registry has them all (see --platform).
     """
     from envbuild.errors import EngineError, SelectionError, UsageError
     from envbuild.files.cache import package_cache
@@ -101,7 +113,8 @@ def image(
     if context is not None and (push or oci or load):
         raise UsageError("--context writes a build context only: drop --push, --oci and --load")
     used = locking.locate(spec_path, lock_path)
-    roles, skipped = images.select_roles(used.lock, role or [], every)
+    platforms = tuple(dict.fromkeys(platform or ()))
+    roles, skipped = images.select_roles(used.lock, role or [], every, platforms)
 
     def say(message: str) -> None:
         if not as_json and not quiet:
@@ -113,7 +126,7 @@ def image(
     settings = images.with_base_digest(images.image_settings(used.spec, used.lock), used.spec)
     if context is not None:
         outcomes = images.write_contexts(
-            used.lock, settings, roles, context, cache_dir=cache, log=say
+            used.lock, settings, roles, context, platforms=platforms, cache_dir=cache, log=say
         )
     else:
         if not (push or oci or load):
@@ -128,7 +141,7 @@ def image(
             settings,
             images.base_loader(settings, used.spec, cache),
             roles,
-            images.Targets(push, oci, load, skip_existing),
+            images.Targets(push, oci, load, skip_existing, platforms or None),
             cache_dir=cache,
             dry_run=dry_run,
             log=say,

@@ -14,7 +14,7 @@ from typing import Literal
 from envbuild.cluster import manifests
 from envbuild.env import runtime
 from envbuild.errors import ImageBuildError
-from envbuild.image.plan import ImageSettings, buildable_roles, plan_image
+from envbuild.image.plan import ImageSettings, buildable_roles, plan_role
 from envbuild.lock.lockfile import Lock, content_digest
 
 
@@ -109,7 +109,8 @@ def cluster_images(
         )
     settings = resolve(settings)
     source = runtime.files()
-    plans = {role: plan_image(lock, role, settings, source) for role in roles}
+    # A role of several platforms: its tag names the index, and each node pulls its own.
+    plans = {role: plan_role(lock, role, settings, source) for role in roles}
     references = {role: plan.reference for role, plan in plans.items()}
     if not check_registry:
         return references

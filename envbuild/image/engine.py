@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 _CREDENTIALS = re.compile(r"(//[^/@\s:]+):[^/@\s]+@")
+#: ``docker info``'s Architecture (the kernel's machine) -> conda platform.
+_PLATFORMS = {
+    "x86_64": "linux-64",
+    "aarch64": "linux-aarch64",
+    "arm64": "linux-aarch64",
+    "ppc64le": "linux-ppc64le",
+}
 
 
 def _clean(text: str) -> str:
@@ -53,6 +60,13 @@ class Engine:
                 "images to a registry and `--oci DIR` writes an OCI image layout"
             ) from None
         return cls(client)
+
+    def platform(self) -> str:
+        """The conda platform of the images the engine runs (``docker info``): linux-64 on
+        an x86-64 machine, linux-aarch64 on an Arm one."""
+        info = self.client.info()
+        machine = str(info.get("Architecture", ""))
+        return _PLATFORMS.get(machine, f"{info.get('OSType', 'linux')}-{machine}")
 
     def has_image(self, reference: str) -> bool:
         from docker.errors import ImageNotFound

@@ -334,6 +334,23 @@ class Image:
         return digest_of(self.manifest)
 
 
+@dataclass(frozen=True)
+class Index:
+    """A role's images for several platforms, named by one tag: an OCI image index."""
+
+    tag: str
+    images: tuple[Image, ...]
+    annotations: Mapping[str, str] | None = None
+
+    @property
+    def document(self) -> bytes:
+        return document(image_index([i.descriptor for i in self.images], self.annotations))
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.document)
+
+
 def _put(folder: Path, digest: str, source: Path | bytes) -> None:
     target = folder / "blobs" / "sha256" / digest.removeprefix("sha256:")
     if target.is_file():
@@ -351,18 +368,26 @@ def _put(folder: Path, digest: str, source: Path | bytes) -> None:
     partial.replace(target)
 
 
-def write_layout(folder: Path, images: Sequence[Image]) -> None:
-    """Write ``images`` into the OCI image layout ``folder`` (made when missing), each named
-    by its tag (``org.opencontainers.image.ref.name``); images of other tags already there
-    stay. Blobs are hard links into envbuild's cache where the file system allows."""
+def write_layout(folder: Path, images: Sequence[Image | Index]) -> None:
+    """Write ``images`` (and indexes) into the OCI image layout ``folder`` (made when
+    missing), each named by its tag (``org.opencontainers.image.ref.name``); the images of
+    an index are reached through it. Images of other tags already there stay. Blobs are hard
+    links into envbuild's cache where the file system allows."""
     folder.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        for layer in image.layers:
-            if layer.path is None:
-                raise ImageBuildError(f"layer {layer.blob.digest} of {image.tag} is not here")
-            _put(folder, layer.blob.digest, layer.path)
-        _put(folder, digest_of(image.config), image.config)
-        _put(folder, image.digest, image.manifest)
+    entries = []
+    for item in images:
+        for image in item.images if isinstance(item, Index) else (item,):
+            for layer in image.layers:
+                if layer.path is None:
+                    raise ImageBuildError(f"layer {layer.blob.digest} of {image.tag} is not here")
+                _put(folder, layer.blob.digest, layer.path)
+            _put(folder, digest_of(image.config), image.config)
+            _put(folder, image.digest, image.manifest)
+        if isinstance(item, Index):
+            _put(folder, item.digest, item.document)
+            entries.append(describe(item.document, INDEX, annotations={REF_NAME: item.tag}))
+        else:
+            entries.append(describe(item.manifest, MANIFEST, annotations={REF_NAME: item.tag}))
     index_path = folder / "index.json"
     kept: list[Descriptor] = []
     if index_path.is_file():
@@ -373,10 +398,6 @@ def write_layout(folder: Path, images: Sequence[Image]) -> None:
             for m in existing.get("manifests", [])
             if (m.get("annotations") or {}).get(REF_NAME) not in tags
         ]
-    entries = [
-        Descriptor(MANIFEST, image.digest, len(image.manifest), {REF_NAME: image.tag})
-        for image in images
-    ]
     (folder / "oci-layout").write_bytes(document({"imageLayoutVersion": "1.0.0"}))
     partial = folder / ".index.json.tmp"
     partial.write_bytes(document(image_index([*kept, *entries])))

@@ -1,10 +1,15 @@
 """What a role image is, decided from the lock alone: pure functions, no engine, no files.
 
-Layers, bottom to top:
+A role has one image per Linux platform it is locked for (``linux-64``, ``linux-aarch64``):
+a role of one platform is tagged with that image's manifest; a role of several is tagged
+with an OCI image index of its images (``RolePlan``), each of which also has a tag of its own
+(``...-amd64``, ``...-arm64``) that a build of one platform pushes. Layers of each image,
+bottom to top:
 
-1. the spec's base image;
-2. ``shared``: the packages every linux-64 variant of the lock holds (same name, version,
-   build and sha256), so the images of every role of one lock carry the same bytes there;
+1. the spec's base image (this platform's, from an index);
+2. ``shared``: the packages every variant of the lock holds (the same name and version; on
+   this platform the same build and sha256 in each target), so the images of every role of
+   one lock and platform carry the same bytes there;
 3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
    a CPU build pulls in) and the environment's stamp;
 4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the
@@ -28,11 +33,12 @@ from dataclasses import dataclass
 
 from envbuild import gpucheck
 from envbuild.files.resources import read_template
+from envbuild.image.oci import PLATFORMS
 from envbuild.lock.exports import render_role_file
 from envbuild.lock.lockfile import Lock, LockedPackage, content_digest
 
-#: The only platform images are built for (and the platform the tests' engine runs).
-IMAGE_PLATFORM = "linux-64"
+#: The conda platforms images are built for, in the order of an index's entries.
+IMAGE_PLATFORMS = tuple(PLATFORMS)
 #: Bump when the image layout changes: every tag changes with it.
 IMAGE_FORMAT = "5"
 ENVBUILD_DIR = "/opt/envbuild"
@@ -85,13 +91,30 @@ def _identity(package: LockedPackage) -> tuple[str, str, str, str]:
     return (package.name, package.version, package.build, package.sha256)
 
 
-def split_layers(lock: Lock, variant: str) -> LayerSplit:
-    """The shared packages (in every linux-64 variant, byte for byte) and ``variant``'s own."""
-    targets = [t for t in lock.targets if t.platform == IMAGE_PLATFORM]
+def image_platforms(lock: Lock, role: str) -> tuple[str, ...]:
+    """The platforms ``role`` has images for: its Linux ones, in ``IMAGE_PLATFORMS`` order."""
+    locked = lock.role(role).platforms
+    return tuple(p for p in IMAGE_PLATFORMS if p in locked)
+
+
+def split_layers(lock: Lock, variant: str, platform: str = "linux-64") -> LayerSplit:
+    """The shared packages and ``variant``'s own on ``platform``. Shared: in every variant of
+    the lock (the same name and version, whatever platform a variant runs on) and, on this
+    platform, byte for byte in each target. So the images of the variants of one platform
+    share the layer, and a platform only one variant runs on (the GH200 workers' arm64)
+    splits as the others do: the CUDA stack apart, a layer that stays the same when another
+    variant comes to that platform."""
+    targets = [t for t in lock.targets if t.platform == platform]
     common = set.intersection(*({_identity(p) for p in t.packages} for t in targets))
+    held: dict[str, set[tuple[str, str]]] = {}
+    for target in lock.targets:
+        held.setdefault(target.variant, set()).update((p.name, p.version) for p in target.packages)
+    everywhere = set.intersection(*held.values())
     mine = next(t for t in targets if t.variant == variant)
-    shared = tuple(p for p in mine.packages if _identity(p) in common)
-    own = tuple(p for p in mine.packages if _identity(p) not in common)
+    shared = tuple(
+        p for p in mine.packages if _identity(p) in common and (p.name, p.version) in everywhere
+    )
+    own = tuple(p for p in mine.packages if p not in shared)
     return LayerSplit(shared, own)
 
 
@@ -113,10 +136,64 @@ class ImagePlan:
     command: tuple[str, ...]
     #: the image's SBOM (CycloneDX JSON, envbuild.image.sbom), shipped in the role layer
     sbom: str = ""
+    #: the conda platform the image is for
+    platform: str = "linux-64"
+    #: one of the images of a role's index (the role is locked for several platforms)
+    indexed: bool = False
+
+    @property
+    def architecture(self) -> str:
+        """``amd64``, ``arm64``: the OCI architecture of ``platform``."""
+        return PLATFORMS[self.platform].architecture
 
     @property
     def tag(self) -> str:
-        """``worker-cuda-12.4-<12 hex>``: role, variant and a digest of everything inside."""
+        """``worker-cuda-12.4-<12 hex>``: role, variant and a digest of everything inside;
+        ``-arm64`` after it for one image of a role's index."""
+        tag = f"{self.role}-{self.variant}-{self.digest.removeprefix('sha256:')[:12]}"
+        return f"{tag}-{self.architecture}" if self.indexed else tag
+
+    @property
+    def reference(self) -> str:
+        return f"{self.settings.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    """A role's images, one per platform, and the one tag a cluster pulls: the image's own
+    for a role of one platform, an OCI image index of them for a role of several."""
+
+    role: str
+    variant: str
+    settings: ImageSettings
+    images: tuple[ImagePlan, ...]
+
+    @property
+    def is_index(self) -> bool:
+        return len(self.images) > 1
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return tuple(image.platform for image in self.images)
+
+    def image(self, platform: str) -> ImagePlan:
+        return next(image for image in self.images if image.platform == platform)
+
+    @property
+    def digest(self) -> str:
+        """The image's digest; for an index, a digest of its images' (so of everything)."""
+        if not self.is_index:
+            return self.images[0].digest
+        digest = hashlib.sha256(f"{IMAGE_FORMAT}\0index\0".encode())
+        for image in self.images:
+            digest.update(f"{image.platform} {image.digest}\n".encode())
+        return "sha256:" + digest.hexdigest()
+
+    @property
+    def tag(self) -> str:
+        """The role's tag: its image's, or ``worker-cuda-12.4-<12 hex>`` naming the index."""
+        if not self.is_index:
+            return self.images[0].tag
         return f"{self.role}-{self.variant}-{self.digest.removeprefix('sha256:')[:12]}"
 
     @property
@@ -125,19 +202,21 @@ class ImagePlan:
 
 
 def buildable_roles(lock: Lock) -> tuple[list[str], dict[str, str]]:
-    """Roles with a linux-64 target, and why each other role has no image."""
+    """Roles with a Linux target, and why each other role has no image."""
     roles, skipped = [], {}
     for role in lock.roles:
-        if IMAGE_PLATFORM in role.platforms:
+        if image_platforms(lock, role.name):
             roles.append(role.name)
         else:
             platforms = ", ".join(role.platforms)
-            skipped[role.name] = f"locked for {platforms} only; images are built for linux-64"
+            skipped[role.name] = (
+                f"locked for {platforms} only; images are built for {', '.join(IMAGE_PLATFORMS)}"
+            )
     return roles, skipped
 
 
 def image_labels(
-    lock: Lock, role: str, settings: ImageSettings, lock_digest: str
+    lock: Lock, role: str, settings: ImageSettings, lock_digest: str, platform: str = "linux-64"
 ) -> dict[str, str]:
     """OCI labels and envbuild's own, sorted by key. Not the spec's hash: a change to one
     role's settings must not rebuild the images of the others."""
@@ -156,7 +235,7 @@ def image_labels(
         f"{LABEL_PREFIX}.lock": lock_digest,
         f"{LABEL_PREFIX}.role": role,
         f"{LABEL_PREFIX}.variant": locked.variant,
-        f"{LABEL_PREFIX}.platform": IMAGE_PLATFORM,
+        f"{LABEL_PREFIX}.platform": platform,
         f"{LABEL_PREFIX}.cuda": locked.cuda or "none",
         f"{LABEL_PREFIX}.compute-capability": locked.compute_capability or "any",
         f"{LABEL_PREFIX}.gpus": str(locked.gpus),
@@ -261,7 +340,12 @@ def render_entrypoint(role: str, variant: str, settings: ImageSettings) -> str:
 
 
 def image_sbom(
-    lock: Lock, role: str, settings: ImageSettings, split: LayerSplit, lock_digest: str
+    lock: Lock,
+    role: str,
+    settings: ImageSettings,
+    split: LayerSplit,
+    lock_digest: str,
+    platform: str = "linux-64",
 ) -> str:
     """The role image's SBOM (envbuild.image.sbom): its packages, layer by layer, and the
     base by digest."""
@@ -273,7 +357,7 @@ def image_sbom(
         name=lock.name,
         role=role,
         variant=lock.role(role).variant,
-        platform=IMAGE_PLATFORM,
+        platform=platform,
         lock_digest=lock_digest,
         layers={"shared": split.shared, "variant": split.variant},
         base=settings.base,
@@ -284,19 +368,26 @@ def image_sbom(
 
 
 def plan_image(
-    lock: Lock, role: str, settings: ImageSettings, runtime: Mapping[str, bytes]
+    lock: Lock,
+    role: str,
+    settings: ImageSettings,
+    runtime: Mapping[str, bytes],
+    platform: str | None = None,
 ) -> ImagePlan:
-    """Everything about ``role``'s image that the lock and the settings decide."""
+    """Everything about ``role``'s image for ``platform`` (by default its first image
+    platform) that the lock and the settings decide."""
     locked = lock.role(role)
+    platforms = image_platforms(lock, role)
+    platform = platform or (platforms[0] if platforms else "linux-64")
     lock_digest = content_digest(lock)
-    labels = image_labels(lock, role, settings, lock_digest)
+    labels = image_labels(lock, role, settings, lock_digest, platform)
     environment = _environment(lock, role, settings, lock_digest)
     command = DEFAULT_COMMANDS[role]
     dockerfile = render_dockerfile(lock, role, settings, labels, environment, command, lock_digest)
     entrypoint = render_entrypoint(role, locked.variant, settings)
     role_file = render_role_file(lock, role)
-    split = split_layers(lock, locked.variant)
-    sbom = image_sbom(lock, role, settings, split, lock_digest)
+    split = split_layers(lock, locked.variant, platform)
+    sbom = image_sbom(lock, role, settings, split, lock_digest, platform)
     digest = hashlib.sha256()
     for part in (IMAGE_FORMAT, dockerfile, entrypoint, role_file, sbom):
         digest.update(part.encode())
@@ -321,4 +412,17 @@ def plan_image(
         environment=environment,
         command=tuple(command),
         sbom=sbom,
+        platform=platform,
+        indexed=len(platforms) > 1,
     )
+
+
+def plan_role(
+    lock: Lock, role: str, settings: ImageSettings, runtime: Mapping[str, bytes]
+) -> RolePlan:
+    """``role``'s images, one per platform it is locked for, and its tag."""
+    images = tuple(
+        plan_image(lock, role, settings, runtime, platform)
+        for platform in image_platforms(lock, role)
+    )
+    return RolePlan(role, lock.role(role).variant, settings, images)

@@ -1,5 +1,6 @@
 """Pushing an assembled image to a registry, with no engine: blobs, then the manifest, then
-its SBOM as an artifact that refers to it. The one module that opens the registry client.
+its SBOM as an artifact that refers to it; a role's index once every platform's image is
+there. The one module that opens the registry client.
 
 Each blob is asked for first (HEAD) and sent only when the registry lacks it; the base's
 layers are mounted from the base's repository when it is on the same registry (nothing
@@ -13,7 +14,7 @@ does not (Debian's docker-registry).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,36 @@ def push_image(
     finally:
         client.close()
     return result
+
+
+def push_index(
+    repository: str, tag: str, images: Sequence[tuple[str, str, oci.Image | None]]
+) -> tuple[str | None, list[str]]:
+    """Push the index of a role's images as ``repository:tag`` when the registry has every
+    one: ``images`` are (platform, the image's own tag, the image when assembled in this
+    run, else None: then its manifest is read from the registry by its tag). The index's
+    digest, or None and the platforms whose image the registry lacks (nothing pushed)."""
+    client = open_registry(repository)
+    try:
+        manifests, missing = [], []
+        for platform, own_tag, image in images:
+            if image is not None:
+                manifests.append(image.descriptor)
+            elif client.has_tag(own_tag):
+                body, _, _ = client.get_manifest(own_tag, (oci.MANIFEST,))
+                manifests.append(
+                    oci.describe(body, oci.MANIFEST, platform=oci.platform_of(platform))
+                )
+            else:
+                missing.append(platform)
+        if missing:
+            return None, missing
+        index = oci.document(oci.image_index(manifests))
+        return client.put_manifest(tag, index, oci.INDEX), []
+    except RegistryError as exc:
+        raise ImagePushError(f"pushing the index {repository}:{tag} failed: {exc}") from None
+    finally:
+        client.close()
 
 
 def _layer_blob(

@@ -1,10 +1,11 @@
 """Staging role images: the layer tars, and a build context any builder takes (docker build,
 buildah, kaniko).
 
-1. Install the variant's locked packages on this machine, with rattler, into a staging folder
-   whose files say the image's prefix (``/opt/env``): the existing environment code, so local
-   archives are sha256-checked against the lock first, and nothing is fetched during the
-   image build.
+1. Install the variant's locked packages for the image's platform on this machine, with
+   rattler, into a staging folder whose files say the image's prefix (``/opt/env``): the
+   existing environment code, so local archives are sha256-checked against the lock first,
+   and nothing is fetched during the image build. Installing runs nothing from a package, so
+   an arm64 image is staged on an x86 machine as fast as an amd64 one: no emulation.
 2. Make the staged prefix the same on every machine: conda-meta records lose the paths of
    this machine's package cache, files that belong to no package (rattler's
    ``conda-meta/history`` holds timestamps) are left out, and the stamp is written.
@@ -64,11 +65,11 @@ class Layer:
 def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> Path:
     """The variant's locked packages installed into ``work`` for the image's prefix, made the
     same on every machine; reused when ``work`` holds it already."""
-    target = lock.role_target(plan.role, "linux-64")
+    target = lock.role_target(plan.role, plan.platform)
     key = hashlib.sha256(
         "\n".join([plan.settings.prefix, *sorted(p.sha256 for p in target.packages)]).encode()
     ).hexdigest()[:16]
-    staged = work / f"stage-{plan.variant}-{key}"
+    staged = work / f"stage-{plan.variant}-{plan.platform}-{key}"
     if (staged / ".complete").is_file():
         return staged
     from envbuild.lock import conda
@@ -84,7 +85,7 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
                     target.packages,
                     root,
                     cache_dir=cache_dir,
-                    platform="linux-64",
+                    platform=plan.platform,
                     show_progress=False,
                     installed_as=plan.settings.prefix,
                     sources=copies,
@@ -273,15 +274,16 @@ def _write_layers(
         root = stage_variant(lock, plan, work, cache_dir) / "root"
         shared_paths = owned_paths(root, plan.split.shared)
         own_paths = [p for p in owned_paths(root, plan.split.variant) if p not in shared_paths]
-        target = lock.role_target(plan.role, "linux-64")
+        target = lock.role_target(plan.role, plan.platform)
         stamp = (json.dumps(make_stamp(lock, target), indent=2) + "\n").encode()
         shared: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in shared_paths}
         own: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in own_paths}
         own[_in_image(prefix, str(STAMP))] = stamp
         shared_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.shared]
         own_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.variant]
-        layers["shared"] = (work / f"shared-{_key(prefix, shared_ids)}.tar", shared, None)
-        layers["variant"] = (work / f"variant-{_key(prefix, own_ids, stamp)}.tar", own, None)
+        shared_key, own_key = _key(prefix, shared_ids), _key(prefix, own_ids, stamp)
+        layers["shared"] = (work / f"shared-{plan.platform}-{shared_key}.tar", shared, None)
+        layers["variant"] = (work / f"variant-{plan.platform}-{own_key}.tar", own, None)
     envbuild_dir = ENVBUILD_DIR.lstrip("/")
     role_files: dict[str, Path | bytes] = {
         ROLE_FILE.lstrip("/"): plan.role_file.encode(),
@@ -290,7 +292,7 @@ def _write_layers(
         **{f"{envbuild_dir}/{name}": content for name, content in runtime.items()},
     }
     layers["role"] = (
-        work / f"role-{plan.role}-{plan.digest.removeprefix('sha256:')[:16]}.tar",
+        work / f"role-{plan.role}-{plan.platform}-{plan.digest.removeprefix('sha256:')[:16]}.tar",
         role_files,
         {f"home/{plan.settings.user}": plan.settings.uid},
     )

@@ -193,8 +193,9 @@ def an_engine(cache: Path) -> Iterator[str | None]:
 
 def demo_base(cache: Path) -> Path:
     """The demo's base image as an OCI image layout at ``build/demo-base`` (the example's
-    ``image.base: oci:../../build/demo-base:bookworm``), made with debootstrap once."""
-    layout = local_docker.base_layout(cache)
+    ``image.base: oci:../../build/demo-base:bookworm``): an index of amd64 and arm64 bases,
+    made with debootstrap once."""
+    layout = local_docker.base_index_layout(cache)
     link = cache.parent / "demo-base"
     if link.resolve() != layout.resolve():
         link.unlink(missing_ok=True)

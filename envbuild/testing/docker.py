@@ -9,6 +9,9 @@ base image).
   cached, and imported into the engine.
 - ``arm64_base_tar()``: the same base for arm64, made here without emulation (for the arm64
   tests, which run its libraries under qemu-user, and arm64 images).
+- ``base_layout()``, ``base_index_layout()``: the base as an OCI image layout, for amd64, or
+  an index of amd64 and arm64 (the demo's ``image.base``); ``push_base()`` copies one into a
+  registry.
 - ``registry()``: Debian's ``docker-registry`` on 127.0.0.1 (Docker treats loopback
   registries as insecure: no TLS needed), stopped by PID.
 """
@@ -16,6 +19,7 @@ base image).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -24,9 +28,11 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from envbuild.image import oci
 
 BASE_REFERENCE = "envbuild-demo/base:bookworm"
 #: What the runnable channel's python and the wheels load from the system.
@@ -100,7 +106,8 @@ def engine(data_root: Path | None = None) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="ebd-", dir="/tmp"))
     socket_path = folder / "docker.sock"
     log = folder / "dockerd.log"
-    data = data_root.absolute() if data_root else folder / "data"
+    # Resolved: runc refuses a rootfs whose path goes through a symlink (a linked build/cache).
+    data = data_root.resolve() if data_root else folder / "data"
     command = [
         "dockerd",
         "--data-root",
@@ -278,32 +285,21 @@ def _configure_unrun(root: Path) -> None:
 BASE_TAG = "bookworm"
 
 
-def base_layout(cache: Path) -> Path:
-    """The base image as an OCI image layout (tag ``bookworm``), written from ``base_tar``
-    with envbuild's own OCI code once and cached: for ``image.base: oci:PATH:bookworm``, or
-    to copy into a registry (``push_base``)."""
-    from envbuild.image import oci
-
-    tar = base_tar(cache)
-    layout = cache / f"{tar.stem}-oci"
-    if (layout / "index.json").is_file():
-        return layout
-    partial = cache / f".{layout.name}.tmp"
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "blobs" / "sha256").mkdir(parents=True)
-    blob = partial / "layer.tar.gz"
-    digest, size = oci.compress(tar, blob)
-    blob.rename(partial / "blobs" / "sha256" / digest.removeprefix("sha256:"))
+def _base_image(tar: Path, platform: str, folder: Path) -> oci.Image:
+    """The base tar as a one-layer image for ``platform``, its blob written into the layout
+    ``folder``."""
+    blobs = folder / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = folder / "layer.tar.gz"
+    digest, size = oci.compress(tar, partial)
+    blob = blobs / digest.removeprefix("sha256:")
+    partial.rename(blob)
     diff_id = "sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()
-    layer = oci.Layer(
-        oci.Descriptor(oci.LAYER_GZIP, digest, size),
-        diff_id,
-        path=partial / "blobs" / "sha256" / digest.removeprefix("sha256:"),
-    )
+    layer = oci.Layer(oci.Descriptor(oci.LAYER_GZIP, digest, size), diff_id, path=blob)
+    where = oci.platform_of(platform)
     config = oci.document(
         {
-            "architecture": "amd64",
-            "os": "linux",
+            **where.to_dict(),
             "created": oci.EPOCH,
             "config": {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -313,20 +309,61 @@ def base_layout(cache: Path) -> Path:
         }
     )
     manifest = oci.document(oci.image_manifest(oci.describe(config, oci.CONFIG), [layer.blob]))
-    image = oci.Image(BASE_TAG, config, manifest, (layer,), oci.PLATFORMS["linux-64"])
-    oci.write_layout(partial, [image])
+    return oci.Image(f"{BASE_TAG}-{where.architecture}", config, manifest, (layer,), where)
+
+
+def _cached_layout(layout: Path, write: Callable[[Path], None]) -> Path:
+    """``layout``, written by ``write`` into a temporary folder once, then renamed."""
+    if (layout / "index.json").is_file():
+        return layout
+    partial = layout.with_name(f".{layout.name}.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
     partial.rename(layout)
     return layout
 
 
+def base_layout(cache: Path) -> Path:
+    """The amd64 base image as an OCI image layout (tag ``bookworm``), written from
+    ``base_tar`` with envbuild's own OCI code once and cached."""
+    tar = base_tar(cache)
+
+    def write(folder: Path) -> None:
+        image = _base_image(tar, "linux-64", folder)
+        oci.write_layout(folder, [dataclasses.replace(image, tag=BASE_TAG)])
+
+    return _cached_layout(cache / f"{tar.stem}-oci", write)
+
+
+def base_index_layout(cache: Path) -> Path:
+    """The base for linux/amd64 and linux/arm64 (``base_tar``, ``arm64_base_tar``) as an OCI
+    image layout whose tag ``bookworm`` names an image index of the two, as Debian's images
+    on Docker Hub are: for ``image.base: oci:PATH:bookworm`` (the demo's), or to copy into a
+    registry (``push_base``). Written once and cached; the arm64 root needs root and
+    debootstrap the first time."""
+    amd64, arm64 = base_tar(cache), arm64_base_tar(cache)
+
+    def write(folder: Path) -> None:
+        images = (
+            _base_image(amd64, "linux-64", folder),
+            _base_image(arm64, "linux-aarch64", folder),
+        )
+        oci.write_layout(folder, [oci.Index(BASE_TAG, images)])
+
+    key = hashlib.sha256(f"{amd64.name} {arm64.name}".encode()).hexdigest()[:12]
+    return _cached_layout(cache / f"base-bookworm-index-{key}-oci", write)
+
+
 def push_base(layout: Path, address: str, repository: str = "envbuild-demo/base") -> str:
-    """Copy the base layout into the registry at ``address`` with skopeo; its reference."""
+    """Copy the base layout (an image or an index, with every platform's image) into the
+    registry at ``address`` with skopeo; its reference."""
     reference = f"{address}/{repository}:{BASE_TAG}"
     done = subprocess.run(
         [
             "skopeo",
             "--insecure-policy",
             "copy",
+            "--all",
             "--dest-tls-verify=false",
             f"oci:{layout}:{BASE_TAG}",
             f"docker://{reference}",
