@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck unit setup schema bench fuzz clean
+.PHONY: demo test lint typecheck unit setup schema bench fuzz hostile clean
 
 # Debian packages each command needs, asked for all at once (scripts/debian-packages.sh: as root
 # it installs them; with sudo it asks once; otherwise it prints the command for an admin).
@@ -88,11 +88,16 @@ schema: $(STAMP)
 
 # Ratios against baselines measured in the same run; not part of `make test` (timings are noisy).
 # Every benchmark runs; the misses are listed at the end.
-BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images bench_arm64
+BENCHMARKS := bench_lock bench_env bench_gpucheck bench_guard bench_images bench_arm64 bench_pypi
+# The engine path that daemonless images replaced (378daa8), measured against them: a worktree.
+BEFORE_OCI := build/bench-before-oci
 bench: $(STAMP)
+	@[ -d $(BEFORE_OCI) ] || git worktree add --detach $(BEFORE_OCI) 378daa8 >/dev/null
 	@missed=""; for b in $(BENCHMARKS); do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || missed="$$missed $$b"; \
 	done; \
+	echo "== benchmarks/bench_oci.py"; \
+	$(BIN)/python benchmarks/bench_oci.py --before $(BEFORE_OCI) || missed="$$missed bench_oci"; \
 	if [ -n "$$missed" ]; then echo "== goals missed in:$$missed"; exit 1; fi; \
 	echo "== every goal met"
 
@@ -102,6 +107,10 @@ bench: $(STAMP)
 # `$(BIN)/python -m tests.exact.fuzz --replay SEED`.
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.exact.fuzz --cases 2000 --seed 1 --jobs 2
+
+# The crafted-package suite at length: 300 generated path shapes and the real 1 GiB bomb.
+hostile: $(STAMP)
+	ENVBUILD_HOSTILE_CASES=300 $(BIN)/pytest tests/hostile tests/test_package_safety.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
