@@ -176,27 +176,22 @@ def base_tar(cache: Path) -> Path:
         if done.returncode != 0:
             last = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise SetupError(f"debootstrap failed: {' | '.join(last)}")
-        for part in TRIMMED:
-            shutil.rmtree(root / part, ignore_errors=True)
-        staged = Path(tmp) / "base.tar"
-        subprocess.run(
-            [
-                "tar",
-                "-C",
-                str(root),
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-cf",
-                str(staged),
-                ".",
-            ],
-            check=True,
-        )
-        staged.replace(path)
+        _trimmed_tar(root, path)
     return path
+
+
+def _trimmed_tar(root: Path, path: Path) -> None:
+    """``root`` without what a runtime does not need, as a reproducible tar at ``path``
+    (sorted, mtime 0, root-owned), written beside it first and renamed into place."""
+    for part in TRIMMED:
+        shutil.rmtree(root / part, ignore_errors=True)
+    staged = root.parent / "base.tar"
+    subprocess.run(
+        ["tar", "-C", str(root), "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+         "--numeric-owner", "-cf", str(staged), "."],
+        check=True,
+    )  # fmt: skip
+    staged.replace(path)
 
 
 def arm64_base_tar(cache: Path) -> Path:
@@ -246,26 +241,7 @@ def arm64_base_tar(cache: Path) -> Path:
             )
         shutil.rmtree(root / "debootstrap", ignore_errors=True)
         _configure_unrun(root)
-        for part in TRIMMED:
-            shutil.rmtree(root / part, ignore_errors=True)
-        staged = Path(tmp) / "base.tar"
-        subprocess.run(
-            [
-                "tar",
-                "-C",
-                str(root),
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-cf",
-                str(staged),
-                ".",
-            ],
-            check=True,
-        )
-        staged.replace(path)
+        _trimmed_tar(root, path)
     return path
 
 
