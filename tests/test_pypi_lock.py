@@ -34,6 +34,7 @@ def test_xarray_comes_from_pypi_over_condas_numpy_and_pandas(
         "cpu/linux-64": {"xarray": "2026.2.0"},
         "cpu/osx-arm64": {"xarray": "2026.2.0"},
         "cuda-12.4/linux-64": {"xarray": "2026.2.0"},
+        "cuda-12.4/linux-aarch64": {"xarray": "2026.2.0"},  # the GH200 workers
     }
     document = json.loads(lock_of(spec).read_text())
     assert document["lock-version"] == 2
@@ -100,7 +101,7 @@ def test_a_cuda_11_scheduler_and_cuda_12_workers_get_their_own_cupy_wheel_and_no
         "fastrlock": "0.8.2",
         "xarray": "2026.2.0",
     }
-    assert found["cuda-12.4/linux-64"] == {
+    assert found["cuda-12.4/linux-64"] == found["cuda-12.4/linux-aarch64"] == {
         "cupy-cuda12x": "13.3.0",
         "fastrlock": "0.8.2",
         "xarray": "2026.2.0",
@@ -108,7 +109,11 @@ def test_a_cuda_11_scheduler_and_cuda_12_workers_get_their_own_cupy_wheel_and_no
     assert found["cpu/linux-64"] == found["cpu/osx-arm64"] == {"xarray": "2026.2.0"}
     document = json.loads(lock_of(spec).read_text())
     fastrlock = [e for e in document["pypi-packages"] if e["name"] == "fastrlock"]
-    assert len(fastrlock) == 1  # one wheel, byte for byte, in both CUDA variants
+    # one wheel per architecture, byte for byte the same in both CUDA variants on linux-64
+    assert sorted(tuple(e["targets"]) for e in fastrlock) == [
+        ("cuda-11.8/linux-64", "cuda-12.4/linux-64"),
+        ("cuda-12.4/linux-aarch64",),
+    ]
     conda = target_packages(document)
     eleven, twelve = conda["cuda-11.8/linux-64"], conda["cuda-12.4/linux-64"]
     differ = {n for n in eleven.keys() | twelve.keys() if eleven.get(n) != twelve.get(n)}
@@ -139,6 +144,7 @@ def test_targets_that_would_choose_different_versions_get_one(
         "cpu/linux-64": {"xarray": "2026.2.0"},
         "cpu/osx-arm64": {"xarray": "2024.7.0"},
         "cuda-12.4/linux-64": {"xarray": "2026.2.0"},
+        "cuda-12.4/linux-aarch64": {"xarray": "2026.2.0"},  # the GH200 workers
     }
 
 
