@@ -101,11 +101,15 @@ def test_a_cuda_11_scheduler_and_cuda_12_workers_get_their_own_cupy_wheel_and_no
         "fastrlock": "0.8.2",
         "xarray": "2026.2.0",
     }
-    assert found["cuda-12.4/linux-64"] == found["cuda-12.4/linux-aarch64"] == {
-        "cupy-cuda12x": "13.3.0",
-        "fastrlock": "0.8.2",
-        "xarray": "2026.2.0",
-    }
+    assert (
+        found["cuda-12.4/linux-64"]
+        == found["cuda-12.4/linux-aarch64"]
+        == {
+            "cupy-cuda12x": "13.3.0",
+            "fastrlock": "0.8.2",
+            "xarray": "2026.2.0",
+        }
+    )
     assert found["cpu/linux-64"] == found["cpu/osx-arm64"] == {"xarray": "2026.2.0"}
     document = json.loads(lock_of(spec).read_text())
     fastrlock = [e for e in document["pypi-packages"] if e["name"] == "fastrlock"]

@@ -4,8 +4,9 @@ served as a find-links folder and as a PEP 503 simple index (``file://``).
 - ``xarray`` 2024.7.0, 2026.2.0 and 2026.9.0 (pure Python). Over the runnable channel's
   conda numpy 2.0.2, pandas 2.2.2 and packaging 24.1, the newest that fits is 2026.2.0:
   2026.9.0 needs packaging>=24.2.
-- ``cupy-cuda11x`` and ``cupy-cuda12x`` 13.3.0 and ``fastrlock`` 0.8.2 (compiled, linux-64),
-  the runnable channel's own pinned wheels (``wheels.tsv``), for gpu-pypi-dependencies.
+- ``cupy-cuda11x`` and ``cupy-cuda12x`` 13.3.0 and ``fastrlock`` 0.8.2 (compiled, linux-64
+  and linux-aarch64), the runnable channel's own pinned wheels (``wheels.tsv``), for
+  gpu-pypi-dependencies.
 
     python -m envbuild.testing.pypi_index OUT [--cache DIR]   (a find-links folder, for the demo)
 """
@@ -45,8 +46,10 @@ GPU_NAMES = ("cupy-cuda11x", "cupy-cuda12x", "fastrlock")
 
 
 def gpu_wheels() -> list[PinnedWheel]:
-    """The pinned linux-64 cupy and fastrlock wheels of the runnable channel."""
-    return [w for w in pinned_wheels() if w.platform == "linux-64" and w.name in GPU_NAMES]
+    """The pinned Linux (x86-64 and aarch64) cupy and fastrlock wheels of the runnable
+    channel: the example's workers run on both."""
+    linux = ("linux-64", "linux-aarch64")
+    return [w for w in pinned_wheels() if w.platform in linux and w.name in GPU_NAMES]
 
 
 def fetch_all(cache: Path, runnable_wheels: Path) -> list[Path]:
