@@ -26,11 +26,14 @@ ORDER = ("shared", "variant", "role")
 
 
 def _created_by(plan: ImagePlan, name: str) -> str:
-    packages = {"shared": len(plan.split.shared), "variant": len(plan.split.variant)}
+    split = plan.split
+    packages = {"shared": len(split.shared), "variant": len(split.variant)}
+    wheels = {"shared": len(split.shared_wheels), "variant": len(split.variant_wheels)}
     if name == "role":
         return f"envbuild: the {plan.role}'s files (role file, entrypoint, GPU check, SBOM)"
     what = "every variant shares" if name == "shared" else f"only {plan.variant} has"
-    return f"envbuild: {packages[name]} packages {what} in {plan.settings.prefix}"
+    pypi = f" and {wheels[name]} PyPI wheels" if wheels[name] else ""
+    return f"envbuild: {packages[name]} packages{pypi} {what} in {plan.settings.prefix}"
 
 
 def layers_of(

@@ -186,6 +186,11 @@ class Delivery:
             present.append(self._in_engine(tags))
         done = bool(present) and all(present)
         split = f"{len(plan.split.shared)} shared packages, {len(plan.split.variant)} of its own"
+        if plan.split.shared_wheels or plan.split.variant_wheels:
+            split += (
+                f"; {len(plan.split.shared_wheels)} shared wheels, "
+                f"{len(plan.split.variant_wheels)} of its own"
+            )
         state = f"in {' and '.join(where)}" if done else "would be built"
         self.log(f"{plan.role:<10} {plan.variant:<10} {plan.reference}: {state} ({split})")
         return done

@@ -9,9 +9,11 @@ bottom to top:
 1. the spec's base image (this platform's, from an index);
 2. ``shared``: the packages every variant of the lock holds (the same name and version; on
    this platform the same build and sha256 in each target), so the images of every role of
-   one lock and platform carry the same bytes there;
+   one lock and platform carry the same bytes there; and the PyPI wheels every variant holds
+   by the same rule (the same wheel, by sha256, on this platform);
 3. ``variant``: this variant's other packages (the CUDA runtime, the gpu-dependencies, what
-   a CPU build pulls in) and the environment's stamp;
+   a CPU build pulls in), its other wheels (a cupy-cudaXXx, what only it needs), the
+   environment's stamp and its record of wheels;
 4. ``role``: the role file the GPU check reads, the entrypoint, the check itself, the
    image's SBOM (``envbuild.image.sbom``), the home folder of the image's user.
 
@@ -36,6 +38,7 @@ from envbuild.files.resources import read_template
 from envbuild.image.oci import PLATFORMS
 from envbuild.lock.exports import render_role_file
 from envbuild.lock.lockfile import Lock, LockedPackage, content_digest
+from envbuild.lock.wheels import LockedWheel
 
 #: The conda platforms images are built for, in the order of an index's entries.
 IMAGE_PLATFORMS = tuple(PLATFORMS)
@@ -81,14 +84,40 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class LayerSplit:
-    """Which packages of a variant go into the shared layer and which into its own."""
+    """Which packages and PyPI wheels of a variant go into the shared layer and which into
+    its own."""
 
     shared: tuple[LockedPackage, ...]
     variant: tuple[LockedPackage, ...]
+    shared_wheels: tuple[LockedWheel, ...] = ()
+    variant_wheels: tuple[LockedWheel, ...] = ()
 
 
 def _identity(package: LockedPackage) -> tuple[str, str, str, str]:
     return (package.name, package.version, package.build, package.sha256)
+
+
+def _wheel_identity(wheel: LockedWheel) -> tuple[str, str, str]:
+    return (wheel.name, wheel.version, wheel.sha256)
+
+
+def _split_wheels(
+    lock: Lock, variant: str, platform: str
+) -> tuple[tuple[LockedWheel, ...], tuple[LockedWheel, ...]]:
+    """The wheels of ``variant`` on ``platform`` that go into the shared layer, and the rest:
+    the rule of the packages (every variant holds the name and version; on this platform,
+    every target holds the same wheel)."""
+    targets = [t for t in lock.targets if t.platform == platform]
+    common = set.intersection(*({_wheel_identity(w) for w in t.wheels} for t in targets))
+    held: dict[str, set[tuple[str, str]]] = {}
+    for target in lock.targets:
+        held.setdefault(target.variant, set()).update((w.name, w.version) for w in target.wheels)
+    everywhere = set.intersection(*held.values())
+    mine = next(t for t in targets if t.variant == variant)
+    shared = tuple(
+        w for w in mine.wheels if _wheel_identity(w) in common and (w.name, w.version) in everywhere
+    )
+    return shared, tuple(w for w in mine.wheels if w not in shared)
 
 
 def image_platforms(lock: Lock, role: str) -> tuple[str, ...]:
@@ -115,7 +144,7 @@ def split_layers(lock: Lock, variant: str, platform: str = "linux-64") -> LayerS
         p for p in mine.packages if _identity(p) in common and (p.name, p.version) in everywhere
     )
     own = tuple(p for p in mine.packages if p not in shared)
-    return LayerSplit(shared, own)
+    return LayerSplit(shared, own, *_split_wheels(lock, variant, platform))
 
 
 @dataclass(frozen=True)
@@ -360,6 +389,7 @@ def image_sbom(
         platform=platform,
         lock_digest=lock_digest,
         layers={"shared": split.shared, "variant": split.variant},
+        wheels={"shared": split.shared_wheels, "variant": split.variant_wheels},
         base=settings.base,
         base_digest=settings.base_digest,
         base_repository=base.repository,
@@ -398,6 +428,11 @@ def plan_image(
         for package in layer:
             digest.update(" ".join(_identity(package)).encode() + b"\n")
         digest.update(b"\0")
+    if split.shared_wheels or split.variant_wheels:  # a lock without wheels keeps its tags
+        for wheels in (split.shared_wheels, split.variant_wheels):
+            for wheel in wheels:
+                digest.update(" ".join(_wheel_identity(wheel)).encode() + b"\n")
+            digest.update(b"\0")
     digest.update(f"{settings.prefix} {settings.user} {settings.uid}".encode())
     return ImagePlan(
         role=role,

@@ -9,10 +9,12 @@ every package, and a JSON schema of its own that the tests validate against; sca
 (trivy, grype) read it, and it travels as an OCI artifact of type
 ``application/vnd.cyclonedx+json``.
 
-Every conda package of the image (the role's linux-64 target: the shared and variant layers)
-is a ``library`` component with its name, version, build, channel URL, sha256, license and
-package URL (``pkg:conda/NAME@VERSION?build=...&channel=...&subdir=...&type=...``); the
-base image is a ``container`` component by digest (``pkg:oci/...``).
+Every conda package of the image (the role's target on the image's platform: the shared and
+variant layers) is a ``library`` component with its name, version, build, channel URL,
+sha256, license and package URL (``pkg:conda/NAME@VERSION?build=...&channel=...&subdir=...
+&type=...``); every PyPI wheel one with its name, version, file name, URL and sha256
+(``pkg:pypi/NAME@VERSION?file_name=...``); the base image is a ``container`` component by
+digest (``pkg:oci/...``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from envbuild.lock.lockfile import LockedPackage
+from envbuild.lock.wheels import LockedWheel
 
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
 FILE_NAME = "sbom.cdx.json"
@@ -48,6 +51,12 @@ def conda_purl(package: LockedPackage) -> str:
     }
     query = "&".join(f"{k}={_encode(v)}" for k, v in sorted(qualifiers.items()) if v)
     return f"pkg:conda/{_encode(package.name.lower())}@{_encode(package.version)}?{query}"
+
+
+def pypi_purl(wheel: LockedWheel) -> str:
+    """``pkg:pypi/xarray@2026.2.0?file_name=xarray-2026.2.0-py3-none-any.whl``."""
+    name = wheel.name.lower().replace("_", "-")
+    return f"pkg:pypi/{_encode(name)}@{_encode(wheel.version)}?file_name={_encode(wheel.file_name)}"
 
 
 def oci_purl(repository: str | None, name: str, digest: str, tag: str | None) -> str:
@@ -94,6 +103,23 @@ def _component(package: LockedPackage, layer: str) -> dict[str, Any]:
     return component
 
 
+def _wheel_component(wheel: LockedWheel, layer: str) -> dict[str, Any]:
+    purl = pypi_purl(wheel)
+    return {
+        "type": "library",
+        "bom-ref": purl,
+        "name": wheel.name,
+        "version": wheel.version,
+        "purl": purl,
+        "hashes": [{"alg": "SHA-256", "content": wheel.sha256}],
+        "externalReferences": [{"type": "distribution", "url": wheel.url}],
+        "properties": [
+            {"name": "pypi:file_name", "value": wheel.file_name},
+            {"name": "envbuild:layer", "value": layer},
+        ],
+    }
+
+
 def render_sbom(
     *,
     name: str,
@@ -106,8 +132,10 @@ def render_sbom(
     base_digest: str | None,
     base_repository: str | None = None,
     base_tag: str | None = None,
+    wheels: Mapping[str, Sequence[LockedWheel]] | None = None,
 ) -> str:
-    """The image's SBOM: ``layers`` (layer name -> its packages), the base by digest."""
+    """The image's SBOM: ``layers`` (layer name -> its packages), ``wheels`` (layer name ->
+    its PyPI wheels), the base by digest."""
     image = {
         "type": "container",
         "bom-ref": "image",
@@ -137,6 +165,8 @@ def render_sbom(
         )
     for layer, packages in layers.items():
         components += [_component(p, layer) for p in sorted(packages, key=lambda p: p.name)]
+    for layer, found in (wheels or {}).items():
+        components += [_wheel_component(w, layer) for w in sorted(found, key=lambda w: w.name)]
     document: dict[str, Any] = {
         "$schema": f"http://cyclonedx.org/schema/bom-{SPEC_VERSION}.schema.json",
         "bomFormat": "CycloneDX",

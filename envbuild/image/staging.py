@@ -6,11 +6,15 @@ buildah, kaniko).
    existing environment code, so local archives are sha256-checked against the lock first,
    and nothing is fetched during the image build. Installing runs nothing from a package, so
    an arm64 image is staged on an x86 machine as fast as an amd64 one: no emulation.
+   Then the lock's PyPI wheels for that platform, each fetched and sha256-checked, are
+   unpacked into it for the same prefix and compiled (``envbuild.image.wheels``: nothing of
+   the image runs either).
 2. Make the staged prefix the same on every machine: conda-meta records lose the paths of
    this machine's package cache, files that belong to no package (rattler's
    ``conda-meta/history`` holds timestamps) are left out, and the stamp is written.
-3. Write the layers as tars, each file in exactly one: the packages every variant shares,
-   this variant's own (with the stamp), and the role's files. Members are sorted, with mtime
+3. Write the layers as tars, each file in exactly one: the packages and wheels every variant
+   shares, this variant's own (with the stamp and the record of wheels), and the role's
+   files. Members are sorted, with mtime
    0, root-owned (the user's home excepted) and modes 0644/0755, so identical content gives
    identical bytes, and identical layer digests on any engine.
 4. For ``--context``, put the Dockerfile beside them. (Everything else takes the tars as
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbuild.env.archives import check_archives, python_site, removed_on_failure
+from envbuild.env.pypi import WHEELS_RECORD
 from envbuild.env.safety import path_problem, shown
 from envbuild.env.stamp import STAMP, make_stamp
 from envbuild.errors import ImageBuildError, OutputError
@@ -43,7 +48,9 @@ from envbuild.files.atomic import write_atomic
 from envbuild.files.digest import sha256_hex
 from envbuild.image.plan import ENVBUILD_DIR, ROLE_FILE, ImagePlan
 from envbuild.image.sbom import FILE_NAME as SBOM_FILE
-from envbuild.lock.lockfile import Lock, LockedPackage
+from envbuild.image.wheels import compiler_for, install_wheels, wheel_paths
+from envbuild.lock.lockfile import Lock, LockedPackage, LockedTarget
+from envbuild.lock.wheels import fingerprint
 
 LAYERS = ("shared", "variant", "role")
 #: Record fields that name this machine (its package cache), not the package.
@@ -66,8 +73,16 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
     """The variant's locked packages installed into ``work`` for the image's prefix, made the
     same on every machine; reused when ``work`` holds it already."""
     target = lock.role_target(plan.role, plan.platform)
+    compiled_by = _compiled_by(target)
     key = hashlib.sha256(
-        "\n".join([plan.settings.prefix, *sorted(p.sha256 for p in target.packages)]).encode()
+        "\n".join(
+            [
+                plan.settings.prefix,
+                *sorted(p.sha256 for p in target.packages),
+                *sorted(w.sha256 for w in target.wheels),
+                *([compiled_by] if target.wheels else []),
+            ]
+        ).encode()
     ).hexdigest()[:16]
     staged = work / f"stage-{plan.variant}-{plan.platform}-{key}"
     if (staged / ".complete").is_file():
@@ -103,8 +118,40 @@ def stage_variant(lock: Lock, plan: ImagePlan, work: Path, cache_dir: Path) -> P
         for field in _HOST_FIELDS:
             document.pop(field, None)
         record.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    if target.wheels:
+        try:
+            _stage_wheels(target, root, plan.settings.prefix)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
     (staged / ".complete").write_text(plan.variant + "\n")
     return staged
+
+
+def _compiled_by(target: LockedTarget) -> str:
+    """Which python compiles the target's wheels here (``none``): part of the staged
+    prefix's and the layers' keys, since the pycs are its output."""
+    if not target.wheels:
+        return "none"
+    python = python_site(target.packages).split("/")[1].removeprefix("python")
+    compiler = compiler_for(python)
+    return f"python {compiler.version}" if compiler else "none"
+
+
+def _stage_wheels(target: LockedTarget, root: Path, prefix: str) -> None:
+    """The target's wheels, fetched and sha256-checked, unpacked into ``root``."""
+    from envbuild.lock.pypifetch import fetch_wheel
+
+    site = python_site(target.packages)
+    python = site.split("/")[1].removeprefix("python")
+    compiler = compiler_for(python)
+    if compiler is None:
+        _waiting(
+            f"no python{python} on this machine compiles the PyPI wheels: the image "
+            "imports them from their sources (slower to start)"
+        )
+    files = [(wheel, fetch_wheel(wheel)) for wheel in target.wheels]
+    install_wheels(files, root, prefix=prefix, site=site, compiler=compiler)
 
 
 def owned_paths(root: Path, packages: Iterable[LockedPackage]) -> list[str]:
@@ -272,18 +319,7 @@ def _write_layers(
     prefix = plan.settings.prefix
     if {"shared", "variant"} & set(parts):
         root = stage_variant(lock, plan, work, cache_dir) / "root"
-        shared_paths = owned_paths(root, plan.split.shared)
-        own_paths = [p for p in owned_paths(root, plan.split.variant) if p not in shared_paths]
-        target = lock.role_target(plan.role, plan.platform)
-        stamp = (json.dumps(make_stamp(lock, target), indent=2) + "\n").encode()
-        shared: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in shared_paths}
-        own: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in own_paths}
-        own[_in_image(prefix, str(STAMP))] = stamp
-        shared_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.shared]
-        own_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in plan.split.variant]
-        shared_key, own_key = _key(prefix, shared_ids), _key(prefix, own_ids, stamp)
-        layers["shared"] = (work / f"shared-{plan.platform}-{shared_key}.tar", shared, None)
-        layers["variant"] = (work / f"variant-{plan.platform}-{own_key}.tar", own, None)
+        layers.update(_environment_layers(lock, plan, work, root))
     envbuild_dir = ENVBUILD_DIR.lstrip("/")
     role_files: dict[str, Path | bytes] = {
         ROLE_FILE.lstrip("/"): plan.role_file.encode(),
@@ -305,6 +341,42 @@ def _write_layers(
         return written
     except OSError as exc:
         raise OutputError(f"{work}: cannot write the image's layers: {exc}") from None
+
+
+def _environment_layers(
+    lock: Lock, plan: ImagePlan, work: Path, root: Path
+) -> dict[str, tuple[Path, dict[str, Path | bytes], dict[str, int] | None]]:
+    """The shared and variant layers' files, from the staged ``root``, and their tar paths
+    (named by their content)."""
+    prefix = plan.settings.prefix
+    split = plan.split
+    target = lock.role_target(plan.role, plan.platform)
+    shared_paths = owned_paths(root, split.shared)
+    shared_paths += wheel_paths(root, split.shared_wheels) if split.shared_wheels else []
+    taken = set(shared_paths)
+    own_paths = [p for p in owned_paths(root, split.variant) if p not in taken]
+    if split.variant_wheels:
+        taken.update(own_paths)
+        own_paths += [
+            p for p in dict.fromkeys(wheel_paths(root, split.variant_wheels)) if p not in taken
+        ]
+    stamp = (json.dumps(make_stamp(lock, target), indent=2) + "\n").encode()
+    shared: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in shared_paths}
+    own: dict[str, Path | bytes] = {_in_image(prefix, p): root / p for p in own_paths}
+    own[_in_image(prefix, str(STAMP))] = stamp
+    if target.wheels:
+        own[_in_image(prefix, str(WHEELS_RECORD))] = root / WHEELS_RECORD
+    compiled_by = _compiled_by(target)
+    shared_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in split.shared]
+    own_ids = [" ".join((p.name, p.version, p.build, p.sha256)) for p in split.variant]
+    for ids, wheels in ((shared_ids, split.shared_wheels), (own_ids, split.variant_wheels)):
+        ids += [f"pypi {w.name} {w.version} {w.sha256} {compiled_by}" for w in wheels]
+    own_ids += [f"wheels {fingerprint(target.wheels)}"] if target.wheels else []
+    shared_key, own_key = _key(prefix, shared_ids), _key(prefix, own_ids, stamp)
+    return {
+        "shared": (work / f"shared-{plan.platform}-{shared_key}.tar", shared, None),
+        "variant": (work / f"variant-{plan.platform}-{own_key}.tar", own, None),
+    }
 
 
 def write_context(
