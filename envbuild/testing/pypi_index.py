@@ -9,12 +9,18 @@ served as a find-links folder and as a PEP 503 simple index (``file://``).
   gpu-pypi-dependencies.
 
     python -m envbuild.testing.pypi_index OUT [--cache DIR]   (a find-links folder, for the demo)
+
+The example spec (examples/dask-gpu) takes xarray from ``../../build/demo-wheels``, the folder
+``make demo`` writes with this; a copy of the example elsewhere points it at a folder of its
+own (``with_find_links``), or drops its PyPI keys (``without_pypi``) to measure or test the
+conda packages alone.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -41,6 +47,9 @@ XARRAY = (
         "fe349fa871628b1a0a5217af3fe1283a2862d5485156e6eda354fffb81c3bb7c",
     ),
 )
+#: The example's find-links, as examples/dask-gpu/envbuild.yaml writes it.
+EXAMPLE_FIND_LINKS = "[../../build/demo-wheels]"
+_PYPI_KEYS = re.compile(r"^(?:gpu-)?pypi-[a-z-]+:.*\n", re.MULTILINE)
 #: From wheels.tsv: the compiled wheels the GPU tests take from PyPI.
 GPU_NAMES = ("cupy-cuda11x", "cupy-cuda12x", "fastrlock")
 
@@ -72,6 +81,18 @@ def find_links(folder: Path, wheels: list[Path]) -> Path:
             except OSError:
                 shutil.copyfile(path, target)
     return folder
+
+
+def without_pypi(text: str) -> str:
+    """A spec's text without its PyPI keys (each on one line, as the example writes them)."""
+    return _PYPI_KEYS.sub("", text)
+
+
+def with_find_links(text: str, folder: Path, cache: Path) -> str:
+    """The example's text with its find-links pointed at ``folder``, written there from the
+    pinned wheels (fetched once into ``cache``, build/cache)."""
+    find_links(folder, fetch_all(cache / "test-wheels", cache / "runnable" / "wheels"))
+    return text.replace(EXAMPLE_FIND_LINKS, f"['{folder}']")
 
 
 def simple_index(folder: Path, wheels: list[Path]) -> Path:
