@@ -42,13 +42,14 @@ EXAMPLE := -f examples/dask-gpu/envbuild.yaml --lockfile $(DEMO)/envbuild.lock
 ROLES   := client scheduler worker
 
 # The main job on the bundled offline example: a channel of real packages made here from
-# pinned wheels and Debian's python (fetched once, then offline), one lock for every role, an
-# export, the three role environments, a cluster started from them that computes, then the
-# three role images and the same cluster in containers (when an engine can be had), the
-# images pushed to a registry started here with the worker's tag an index of its amd64 and
-# arm64 images (GH200 workers beside A100s), inspected and rebuilt from nothing to the same
-# digests, and the Kubernetes DaskCluster that runs those images (written, not applied: no
-# cluster here).
+# pinned wheels and Debian's python (fetched once, then offline), a find-links folder of the
+# PyPI wheel it adds (xarray), one lock for every role, an export, the three role
+# environments, a cluster started from them that computes (xarray imported in every role),
+# then the three role images and the same cluster in containers (when an engine can be had),
+# the images pushed to a registry started here with the worker's tag an index of its amd64
+# and arm64 images (GH200 workers beside A100s), inspected and rebuilt from nothing to the
+# same digests, and the Kubernetes DaskCluster that runs those images (written, not applied:
+# no cluster here).
 # Wheels, packages and the built channel are cached under build/cache: a re-run takes seconds.
 demo: export ENVBUILD_CACHE_DIR := $(abspath build/cache)
 demo:
@@ -57,6 +58,7 @@ demo:
 	@$(MAKE) --no-print-directory setup
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/python -m envbuild.testing.runnable build/demo-channel
+	$(BIN)/python -m envbuild.testing.pypi_index build/demo-wheels
 	$(BIN)/envbuild lock $(EXAMPLE)
 	$(BIN)/envbuild show $(EXAMPLE)
 	$(BIN)/envbuild export $(EXAMPLE) --format conda-lock --role worker -o $(DEMO)/conda-lock.worker.yml

@@ -27,6 +27,7 @@ from paired import Goals, prepare, spread
 
 from envbuild.testing import runnable
 from envbuild.testing.cluster import LocalCluster, running
+from envbuild.testing.pypi_index import without_pypi
 
 REPO = Path(__file__).parent.parent
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
@@ -65,7 +66,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="envbuild-bench-guard-") as tmp:
         work = Path(tmp)
         spec = work / "envbuild.yaml"
-        example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+        example = without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
         spec.write_text(example.replace("[../../build/demo-channel]", f"['{channel}']"))
         subprocess.run([ENVBUILD, "lock", "-q", "-f", str(spec)], cwd=work, check=True)
         prefixes = {r: work / "envs" / r for r in ("client", "scheduler", "worker")}

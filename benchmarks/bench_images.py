@@ -36,6 +36,7 @@ from paired import Command, Goals, prepare, ratios, rounds, spread
 
 from envbuild.testing import docker as local_docker
 from envbuild.testing import runnable
+from envbuild.testing.pypi_index import without_pypi
 
 REPO = Path(__file__).parent.parent
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
@@ -55,7 +56,7 @@ def main() -> int:
     try:
         channel = runnable.build(REPO / "build" / "cache" / "runnable")
         spec = work / "envbuild.yaml"
-        example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+        example = without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
         layout = local_docker.base_layout(REPO / "build" / "cache")
         spec.write_text(
             example.replace("[../../build/demo-channel]", f"['{channel}']")

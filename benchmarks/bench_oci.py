@@ -36,6 +36,7 @@ from paired import Command, Goals, prepare, ratios, rounds, spread
 
 from envbuild.testing import docker as local_docker
 from envbuild.testing import runnable
+from envbuild.testing.pypi_index import without_pypi
 
 REPO = Path(__file__).parent.parent
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
@@ -111,7 +112,7 @@ def _run(args: argparse.Namespace, goals: Goals, work: Path, stack: contextlib.E
     registries = {name: FixedRegistry(work / f"registry-{name}") for name in ("new", "old")}
     for registry in registries.values():
         stack.callback(registry.stop)
-    example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+    example = without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
     example = example.replace("[../../build/demo-channel]", f"['{channel}']")
     # The linux-64 images, as the README's figures (the engine path before had no other):
     # bench_arm64.py times arm64 ones.

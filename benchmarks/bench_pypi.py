@@ -96,7 +96,7 @@ def resolver_cases(work: Path, links: Path) -> dict[str, Callable[[int], Command
 
 def demo_spec(folder: Path, channel: Path, links: Path, pypi: bool) -> Path:
     folder.mkdir(parents=True)
-    text = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+    text = pypi_index.without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
     text = text.replace("[../../build/demo-channel]", f"['{channel}']")
     if pypi:
         text = text.replace("gpu-dependencies: [cupy]", "gpu-dependencies: []")

@@ -31,6 +31,7 @@ from paired import spread
 from envbuild.lock.locking import plan_for
 from envbuild.spec.file import load_spec
 from envbuild.spec.matchspec import package_name
+from envbuild.testing.pypi_index import without_pypi
 
 REPO = Path(__file__).parent.parent
 RUNTIME = {"cuda-version", "cuda-cudart", "cuda-cudart_linux-64", "cudatoolkit"}
@@ -154,8 +155,7 @@ def main() -> int:
         _, records, _ = write_forge(work / "channel")
         spec = work / "envbuild.yaml"
         spec.write_text(
-            (REPO / "examples" / "dask-gpu" / "envbuild.yaml")
-            .read_text()
+            without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
             .replace("[../../build/demo-channel]", "[./channel]")
             # The benchmark channel models conda-forge's linux-64 and osx-arm64 only.
             .replace("platforms: [linux-64, linux-aarch64]", "platforms: [linux-64]")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from envbuild.testing.pypi_index import without_pypi
+
 from .conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -20,7 +22,7 @@ ENVBUILD = str(Path(sys.executable).parent / "envbuild")
 @pytest.mark.slow
 def test_the_lock_benchmark_channel_solves_the_dask_gpu_example(tmp_path: Path) -> None:
     write_forge(tmp_path / "channel")
-    example = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
+    example = without_pypi((REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text())
     # The benchmark channel models conda-forge's linux-64 and osx-arm64 only.
     example = example.replace("platforms: [linux-64, linux-aarch64]", "platforms: [linux-64]")
     spec = tmp_path / "envbuild.yaml"

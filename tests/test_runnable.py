@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from envbuild.testing import runnable, wheels
+from envbuild.testing import pypi_index, runnable, wheels
 from envbuild.testing.cluster import ARRAY_SUM, GROUPBY, LocalCluster, running
 
 from .conftest import REPO, lock_document, runnable_spec, target_packages
@@ -67,12 +67,16 @@ def environments(
 def test_the_example_as_shipped_locks_one_consistent_environment(
     runnable_channel: Path, tmp_path: Path, envbuild: Callable[..., Result]
 ) -> None:
-    # The example exactly as shipped, with the channel where `make demo` puts it.
+    # The example exactly as shipped, with the channel and the wheels where `make demo`
+    # puts them.
     example = tmp_path / "examples" / "dask-gpu" / "envbuild.yaml"
     example.parent.mkdir(parents=True)
     shutil.copy(REPO / "examples" / "dask-gpu" / "envbuild.yaml", example)
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "demo-channel").symlink_to(runnable_channel)
+    pypi_index.main(
+        [str(tmp_path / "build" / "demo-wheels"), "--cache", str(REPO / "build" / "cache")]
+    )
 
     records: Records = exported(envbuild, example)
 
@@ -99,6 +103,10 @@ def test_the_example_as_shipped_locks_one_consistent_environment(
     assert "__cuda=12.4=0" in declared and "__glibc=2.28=0" in declared
     arm_declared = document["variants"]["cuda-12.4"]["targets"]["linux-aarch64"]
     assert "__archspec=1=aarch64" in arm_declared["virtual-packages"]
+    # Its PyPI dependency: one xarray wheel, the same in every target, over conda's pandas.
+    (xarray,) = document["pypi-packages"]
+    assert (xarray["name"], xarray["version"]) == ("xarray", "2026.2.0")
+    assert sorted(xarray["targets"]) == sorted(records)
 
 
 def test_two_cuda_majors_lock_from_the_same_wheels(runnable_channel: Path, tmp_path: Path) -> None:

@@ -22,11 +22,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from envbuild.testing import demo_client
 
 ARRAY_SUM = 499_999_500_000  # sum(range(1_000_000))
 GROUPBY = {0: 135, 1: 145, 2: 155}
+XARRAY_SUM = [3, 5, 7]  # DataArray([[0, 1, 2], [3, 4, 5]]).sum("x")
 ENVBUILD = str(Path(sys.executable).parent / "envbuild")
 
 
@@ -209,9 +211,7 @@ class LocalCluster:
                 f"scheduler: {self.tail('scheduler')}"
             )
         result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-        got = (result["array_sum"], {int(k): v for k, v in result["groupby"].items()})  # type: ignore[attr-defined]
-        if got != (ARRAY_SUM, GROUPBY):
-            raise ClusterError(f"wrong results: {got}")
+        check_results(result)
         return result
 
     def stop(self) -> None:
@@ -241,6 +241,24 @@ def running(cluster: LocalCluster, workers: int = 1) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
+def check_results(result: Mapping[str, Any]) -> None:
+    """ClusterError unless the demo client's results are right: the sums, and one xarray
+    (or none) in every process, from its own environment, which computed where the
+    environments have it."""
+    got = (result["array_sum"], {int(k): v for k, v in result["groupby"].items()})
+    if got != (ARRAY_SUM, GROUPBY):
+        raise ClusterError(f"wrong results: {got}")
+    processes = result["processes"].values()
+    found = {str(s.get("xarray") or "none").split()[0] for s in processes}
+    if len(found) != 1:
+        raise ClusterError(f"the processes import different xarrays: {sorted(found)}")
+    strays = [s for s in processes if s.get("xarray") and s["prefix"] not in s["xarray"]]
+    if strays:  # the wheel installed in the environment, not one found elsewhere
+        raise ClusterError(f"xarray from outside the environment: {strays[0]['xarray']}")
+    if found != {"none"} and result.get("xarray_sum") != XARRAY_SUM:
+        raise ClusterError(f"wrong xarray result: {result.get('xarray_sum')}")
+
+
 def summary(result: Mapping[str, object]) -> str:
     """What the demo prints: the results, then every process and the environment it runs."""
     lines = [
@@ -256,6 +274,12 @@ def summary(result: Mapping[str, object]) -> str:
     lines.append(
         "one lock everywhere" if len(locks) == 1 else f"DIFFERENT LOCKS: {sorted(map(str, locks))}"
     )
+    versions = {str(s.get("xarray") or "none").split()[0] for s in processes.values()}
+    if versions != {"none"}:
+        lines.append(
+            f"xarray (a PyPI wheel) {', '.join(sorted(versions))} imported by the client, the "
+            f"scheduler and every worker; on a worker: sum('x') = {result.get('xarray_sum')}"
+        )
     lines.append(f"envbuild.dask.check(client): {result.get('guard')}")
     return "\n".join(lines)
 

@@ -3,8 +3,9 @@
     python demo_client.py SCHEDULER WORKERS      (SCHEDULER: tcp://HOST:PORT, or a scheduler file)
 
 Waits for the workers, computes a dask.array reduction and a pandas groupby on a worker,
-asks every process which environment it runs (its envbuild stamp), and prints one JSON
-document on stdout.
+and, when the environment has the example's PyPI package (xarray, from a wheel), an xarray
+reduction on a worker; asks every process which environment it runs (its envbuild stamp)
+and which xarray it imports, and prints one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ def stamp() -> dict[str, object]:
     path = pathlib.Path(sys_.prefix) / "etc" / "envbuild" / "stamp.json"
     found = json_.loads(path.read_text()) if path.is_file() else {}
     keys = ("lock", "target", "variant", "platform", "roles")
-    return {"prefix": sys_.prefix, **{k: found.get(k) for k in keys}}
+    try:  # the example's PyPI package, imported in this process
+        import xarray
+
+        pypi: str | None = f"{xarray.__version__} {pathlib.Path(xarray.__file__).parent}"
+    except ImportError:
+        pypi = None
+    return {"prefix": sys_.prefix, **{k: found.get(k) for k in keys}, "xarray": pypi}
+
+
+def xarray_sum() -> list[int]:
+    """An xarray reduction over conda's numpy, run on a worker."""
+    import xarray
+
+    data = xarray.DataArray([[0, 1, 2], [3, 4, 5]], dims=("x", "y"))
+    return [int(v) for v in data.sum("x").values]
 
 
 def groupby() -> dict[int, int]:
@@ -52,7 +67,16 @@ def main(scheduler: str, workers: int) -> None:
         grouped = client.submit(groupby, pure=False).result()
         processes = {"client": stamp(), "scheduler": client.run_on_scheduler(stamp)}
         processes.update({f"worker {a}": s for a, s in sorted(client.run(stamp).items())})
-    result = {"array_sum": total, "groupby": grouped, "processes": processes, "guard": guard}
+        pypi = None
+        if processes["client"]["xarray"]:  # the environment has it: compute with it
+            pypi = client.submit(xarray_sum, pure=False).result()
+    result = {
+        "array_sum": total,
+        "groupby": grouped,
+        "xarray_sum": pypi,
+        "processes": processes,
+        "guard": guard,
+    }
     print(json.dumps(result))
 
 
