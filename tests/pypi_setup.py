@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ def pypi_spec(
     extra: str = "",
     scheduler_cuda: str = "12.4",
     index: bool = False,
+    image: Callable[[str], str] = str,
 ) -> Path:
     """The demo spec over the runnable channel, with conda cupy replaced by what ``gpu_pypi``
     asks, ``pypi`` as pypi-dependencies, and the offline wheels as its only PyPI source
-    (a find-links folder, or with ``index`` a PEP 503 index)."""
+    (a find-links folder, or with ``index`` a PEP 503 index); ``image`` edits the text too
+    (conftest.image_section)."""
     if index:
         simple = pypi_index.simple_index(folder / "pypi", wheels)
         source = f"pypi-index-urls: ['{simple.as_uri()}']\n"
@@ -45,6 +48,7 @@ def pypi_spec(
         source = "pypi-index-urls: []\npypi-find-links: [./wheels]\n"
 
     def edit(text: str) -> str:
+        text = pypi_index.without_pypi(image(text))
         text = text.replace("gpu-dependencies: [cupy]", "gpu-dependencies: []")
         text = re.sub(
             r'scheduler:\n    gpu: \{cuda: "12.4"',

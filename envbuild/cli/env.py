@@ -63,10 +63,12 @@ def env(
     )
     if quiet:
         return
+    count = len(target.wheels)
+    wheels = f" and {count} PyPI wheel{'' if count == 1 else 's'}" if count else ""
     if outcome.status == "up-to-date":
-        print(f"{prefix} already matches {target.target} ({outcome.packages} packages)")
+        print(f"{prefix} already matches {target.target} ({outcome.packages} packages{wheels})")
     else:
         print(
-            f"{outcome.status} {prefix}: {target.target}, {outcome.packages} packages "
+            f"{outcome.status} {prefix}: {target.target}, {outcome.packages} packages{wheels} "
             f"({len(outcome.fetched)} installed) in {outcome.seconds:.2f} s"
         )

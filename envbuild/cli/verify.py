@@ -65,6 +65,11 @@ def verify(
     if as_json:
         print_json(report.to_dict())
     elif report.clean and not quiet:
-        print(f"{prefix} matches {target.target} ({len(target.packages)} packages)")
+        wheels = f" and {_wheels(len(target.wheels))}" if target.wheels else ""
+        print(f"{prefix} matches {target.target} ({len(target.packages)} packages{wheels})")
     if not report.clean:
         raise mismatch_error(report, role, prefix, platform, spec_path, lock_path)
+
+
+def _wheels(count: int) -> str:
+    return f"{count} PyPI wheel{'' if count == 1 else 's'}"
