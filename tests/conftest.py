@@ -86,12 +86,12 @@ def image_section(base: str, repository: str) -> Callable[[str], str]:
 
 
 def runnable_spec(folder: Path, channel: Path, *, edit: Callable[[str], str] = str) -> Path:
-    """The dask-gpu example, pointed at the runnable channel and at a find-links folder of
-    its PyPI wheels (``folder/demo-wheels``), written into ``folder``."""
+    """The dask-gpu example, pointed at the runnable channel and at its PyPI wheels in the
+    cache (both one path for every copy: copies lock alike), written into ``folder``."""
     from envbuild.testing.pypi_index import with_find_links
 
     text = (REPO / "examples" / "dask-gpu" / "envbuild.yaml").read_text()
-    text = with_find_links(text, folder / "demo-wheels", REPO / "build" / "cache")
+    text = with_find_links(text, REPO / "build" / "cache")
     spec = folder / "envbuild.yaml"
     spec.write_text(edit(text.replace("[../../build/demo-channel]", f"['{channel}']")))
     return spec

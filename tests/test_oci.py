@@ -542,7 +542,17 @@ def test_the_sbom_in_the_image_lists_its_conda_meta_and_is_its_referrer(
         for p in json.loads((pushed.folder / "envbuild.lock").read_text())["packages"]
         if target in p["targets"]
     }
-    components = [c for c in json.loads(shipped)["components"] if c["type"] == "library"]
+    libraries = [c for c in json.loads(shipped)["components"] if c["type"] == "library"]
+    components = [c for c in libraries if c["purl"].startswith("pkg:conda/")]
+    # The example's PyPI wheel (xarray): what the image's record of wheels says, by sha256.
+    wheels = _read_from_image(pushed, reference, "/opt/env/etc/envbuild/wheels.json")
+    recorded = json.loads(wheels["wheels.json"])
+    in_sbom = {
+        (c["name"], c["version"], c["hashes"][0]["content"])
+        for c in libraries
+        if c["purl"].startswith("pkg:pypi/")
+    }
+    assert in_sbom == {(n, w["version"], w["sha256"]) for n, w in recorded.items()} != set()
     for record in installed:
         key = (record["name"], record["version"], record["build"])
         matching = [

@@ -311,10 +311,20 @@ def test_each_cuda_major_gets_its_own_cupy_wheel_and_every_role_the_same_xarray(
     assert [p for p in own["client"] if p.startswith(f"opt/env/{SITE}/")] == []
     stamp = json.loads(own["worker"]["opt/env/etc/envbuild/stamp.json"] or b"")
     assert stamp["pypi"].startswith("sha256:")
-    # The SBOM lists each wheel in its layer.
-    sbom = json.loads(
-        members(built.layer("scheduler", "role"))["opt/envbuild/sbom.cdx.json"] or b""
-    )
+    # The SBOM lists each wheel in its layer, and stays valid CycloneDX with parsable purls.
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+
+    text = members(built.layer("scheduler", "role"))["opt/envbuild/sbom.cdx.json"] or b""
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text.decode()) is None
+    sbom = json.loads(text)
+    cupy = next(c for c in sbom["components"] if c["name"] == "cupy-cuda11x")
+    purl = PackageURL.from_string(cupy["purl"])
+    assert (purl.type, purl.name, purl.version) == ("pypi", "cupy-cuda11x", "13.3.0")
+    assert purl.qualifiers == {
+        "file_name": "cupy_cuda11x-13.3.0-cp311-cp311-manylinux2014_x86_64.whl"
+    }
     pypi = {
         c["purl"].split("?")[0]: {p["name"]: p["value"] for p in c["properties"]}["envbuild:layer"]
         for c in sbom["components"]

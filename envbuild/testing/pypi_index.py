@@ -11,9 +11,10 @@ served as a find-links folder and as a PEP 503 simple index (``file://``).
     python -m envbuild.testing.pypi_index OUT [--cache DIR]   (a find-links folder, for the demo)
 
 The example spec (examples/dask-gpu) takes xarray from ``../../build/demo-wheels``, the folder
-``make demo`` writes with this; a copy of the example elsewhere points it at a folder of its
-own (``with_find_links``), or drops its PyPI keys (``without_pypi``) to measure or test the
-conda packages alone.
+``make demo`` writes with this; a copy of the example elsewhere points it at the wheel cache
+(``with_find_links``: one path for every copy, so copies lock alike, as they do from the one
+runnable channel), or drops its PyPI keys (``without_pypi``) to measure or test the conda
+packages alone.
 """
 
 from __future__ import annotations
@@ -88,10 +89,12 @@ def without_pypi(text: str) -> str:
     return _PYPI_KEYS.sub("", text)
 
 
-def with_find_links(text: str, folder: Path, cache: Path) -> str:
-    """The example's text with its find-links pointed at ``folder``, written there from the
-    pinned wheels (fetched once into ``cache``, build/cache)."""
-    find_links(folder, fetch_all(cache / "test-wheels", cache / "runnable" / "wheels"))
+def with_find_links(text: str, cache: Path) -> str:
+    """The example's text with its find-links pointed at the pinned xarray wheels, fetched
+    once into ``cache/test-wheels`` (``cache``: build/cache)."""
+    folder = cache.resolve() / "test-wheels"
+    for wheel in XARRAY:  # one at a time, as fetch_all
+        fetch([wheel], folder)
     return text.replace(EXAMPLE_FIND_LINKS, f"['{folder}']")
 
 
