@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
+from envbuild.testing import pypi_index
+
 from .conftest import target_packages
 from .pypi_setup import pypi_spec, pypi_wheels, wheels_by_target
 
@@ -54,7 +56,7 @@ def test_a_spec_without_pypi_keeps_the_old_lock_format(
 ) -> None:
     from .conftest import runnable_spec
 
-    spec = runnable_spec(tmp_path, runnable_channel)
+    spec = runnable_spec(tmp_path, runnable_channel, edit=pypi_index.without_pypi)
     assert envbuild("lock", "-f", spec).exit_code == 0
     document = json.loads(lock_of(spec).read_text())
     assert document["lock-version"] == 1 and "pypi-packages" not in document
