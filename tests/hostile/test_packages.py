@@ -28,7 +28,7 @@ What a user must see:
 Each test runs in a sandbox (``Sandbox``): host files in ``host/``, the prefix deep enough
 that every climb a test makes stays inside ``tmp_path``, where the whole tree is compared
 before and after. ``ENVBUILD_HOSTILE_CASES`` sets how many random path shapes are generated
-(default 12; ``make hostile`` runs hundreds and the real 1 GiB bomb).
+(default 12; ``make hostile`` runs 300). The real 1 GiB bomb (a 32 kB .conda) runs every time: 2 s.
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ ENVBUILD = str(Path(sys.executable).parent / "envbuild")
 CASES = int(os.environ.get("ENVBUILD_HOSTILE_CASES", "12"))
 SEED = int(os.environ.get("ENVBUILD_HOSTILE_SEED", "16"))
 #: The long run: the real 1 GiB bomb too.
-LONG = CASES >= 100
 UNSAFE = 18
 LIMIT_VAR = "ENVBUILD_MAX_PACKAGE_BYTES"
 MiB = 1 << 20
@@ -1147,7 +1146,6 @@ def test_generated_paths_are_judged_as_the_reference_judges_them(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="the real 1 GiB bomb runs with ENVBUILD_HOSTILE_CASES>=100")
 def test_a_real_one_gib_bomb_is_refused_before_it_fills_the_disk(sandbox: Sandbox) -> None:
     package = evil(Member("share/evil/zeros", zeros=1 << 30), archive="conda")
     sandbox.write_channel([package])
